@@ -1,0 +1,43 @@
+"""Build networks from state dicts: on the meta device, then a strict load with assign=True."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointMismatchError
+
+_SHOW = 10
+
+
+def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, *, assign: bool = True) -> nn.Module:
+    """Load `sd` into `module`, failing loudly on any missing, unexpected or mis-shaped key.
+
+    With assign=True (the default) a module built on the meta device takes the tensors as they are
+    (no copy, no random init cost); floating tensors are cast to the module's parameter dtype first.
+    """
+    own = module.state_dict(keep_vars=True)
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = sorted(
+        f"{k} {tuple(sd[k].shape)} (expected {tuple(own[k].shape)})"
+        for k in set(own) & set(sd)
+        if tuple(own[k].shape) != tuple(sd[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                more = f" ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOW])}{more}")
+        raise CheckpointMismatchError(f"{what}: weights do not fit the network; " + "; ".join(parts))
+    cast = {}
+    for k, v in sd.items():
+        target = own[k]
+        if v.is_floating_point() and target.is_floating_point() and v.dtype != target.dtype:
+            v = v.to(target.dtype)
+        cast[k] = v
+    module.load_state_dict(cast, strict=True, assign=assign)
+    return module
