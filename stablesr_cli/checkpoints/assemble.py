@@ -41,3 +41,32 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, *,
         cast[k] = v
     module.load_state_dict(cast, strict=True, assign=assign)
     return module
+
+
+def _build(factory, sd: Mapping[str, torch.Tensor], what: str, device, dtype) -> nn.Module:
+    with torch.device("meta"):
+        module = factory()
+    load_strict(module, sd, what)
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def build_unet(sd: Mapping[str, torch.Tensor], *, num_head_channels: int = 64, device="cpu", dtype=torch.float32):
+    """The UNet from its upstream state dict (with or without `model.diffusion_model.`)."""
+    from ..models.unet import UNet
+    from .detect import infer_unet_config
+    from .keymap import COMPONENT_PREFIXES, resblocks_to_ours, strip_prefix
+
+    cfg = infer_unet_config(sd, num_head_channels=num_head_channels)
+    ours = resblocks_to_ours(strip_prefix(sd, COMPONENT_PREFIXES["unet"]))
+    return _build(lambda: UNet(cfg), ours, "UNet", device, dtype)
+
+
+def build_time_encoder(sd: Mapping[str, torch.Tensor], *, num_heads: int = 4, device="cpu", dtype=torch.float32):
+    """The time-aware encoder from its upstream state dict (with or without `structcond_stage_model.`)."""
+    from ..models.time_encoder import TimeAwareEncoder
+    from .detect import infer_time_encoder_config
+    from .keymap import COMPONENT_PREFIXES, resblocks_to_ours, strip_prefix
+
+    cfg = infer_time_encoder_config(sd, num_heads=num_heads)
+    ours = resblocks_to_ours(strip_prefix(sd, COMPONENT_PREFIXES["time_encoder"]))
+    return _build(lambda: TimeAwareEncoder(cfg), ours, "time-aware encoder", device, dtype)
