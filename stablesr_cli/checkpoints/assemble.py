@@ -70,3 +70,24 @@ def build_time_encoder(sd: Mapping[str, torch.Tensor], *, num_heads: int = 4, de
     cfg = infer_time_encoder_config(sd, num_heads=num_heads)
     ours = resblocks_to_ours(strip_prefix(sd, COMPONENT_PREFIXES["time_encoder"]))
     return _build(lambda: TimeAwareEncoder(cfg), ours, "time-aware encoder", device, dtype)
+
+
+def build_text_encoder(sd: Mapping[str, torch.Tensor], *, heads: int | None = None, device="cpu", dtype=torch.float32):
+    """The OpenCLIP text tower from its upstream state dict (with or without `cond_stage_model.model.`)."""
+    from ..models.text_encoder import TextEncoder
+    from .detect_text import infer_text_encoder_config
+    from .keymap import COMPONENT_PREFIXES, strip_prefix
+
+    cfg = infer_text_encoder_config(sd, heads=heads)
+    ours = strip_prefix(sd, COMPONENT_PREFIXES["text_encoder"])
+    return _build(lambda: TextEncoder(cfg), ours, "text encoder", device, dtype)
+
+
+def empty_prompt_context(text_sd: Mapping[str, torch.Tensor], *, heads: int | None = None) -> torch.Tensor:
+    """The cross-attention context of the empty prompt [1, 77, width], which every upstream DDPM script
+    uses; computed once at conversion so that upscaling needs no text tower."""
+    from ..models.text_encoder import empty_prompt_tokens
+
+    encoder = build_text_encoder(text_sd, heads=heads)
+    with torch.no_grad():
+        return encoder(empty_prompt_tokens(1)).contiguous()

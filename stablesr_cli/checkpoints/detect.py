@@ -82,7 +82,7 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: int 
         model_channels=mc,
         channel_mult=tuple(c // mc for c in channels),
         num_res_blocks=num_res,
-        attention_resolutions=tuple(2**level for level in attn_levels),
+        attention_resolutions=tuple(sorted((2**level for level in attn_levels), reverse=True)),
         num_head_channels=num_head_channels,
         context_dim=_shape(sd, st + "transformer_blocks.0.attn2.to_k.weight", what)[1],
         transformer_depth=count_numbered(set(sd), st + "transformer_blocks."),
@@ -107,6 +107,6 @@ def infer_time_encoder_config(sd: Mapping[str, torch.Tensor], *, num_heads: int 
         out_channels=_shape(sd, "fea_tran.0.out_layers.3.weight", what)[0],
         channel_mult=tuple(c // mc for c in channels),
         num_res_blocks=num_res,
-        attention_resolutions=tuple(2**level for level in attn_levels),
+        attention_resolutions=tuple(sorted((2**level for level in attn_levels), reverse=True)),
         num_heads=num_heads,
     )

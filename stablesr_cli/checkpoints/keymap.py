@@ -38,13 +38,14 @@ IGNORED_PREFIXES: tuple[str, ...] = (
 )
 
 # Residual blocks of the UNet and time-aware encoder: upstream stores them as nn.Sequential slots.
-# upstream leaf -> ours (cf. ComfyUI's UNET_MAP_RESNET)
+# upstream leaf -> ours (cf. ComfyUI's UNET_MAP_RESNET). Our names appear nowhere else in the
+# networks, so the inverse mapping cannot touch a transformer's norm1 or an attention's norm.
 RESBLOCK_LEAVES: dict[str, str] = {
-    "in_layers.0.": "norm1.",
-    "in_layers.2.": "conv1.",
+    "in_layers.0.": "in_norm.",
+    "in_layers.2.": "in_conv.",
     "emb_layers.1.": "time_proj.",
-    "out_layers.0.": "norm2.",
-    "out_layers.3.": "conv2.",
+    "out_layers.0.": "out_norm.",
+    "out_layers.3.": "out_conv.",
     "skip_connection.": "skip.",
     "spade.param_free_norm.": "sft.norm.",
     "spade.mlp_shared.0.": "sft.shared.",

@@ -19,18 +19,18 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, sft_channels: int = 0, sft_hidden: int = 128) -> None:
         super().__init__()
-        self.norm1 = GroupNorm32(in_ch)
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.in_norm = GroupNorm32(in_ch)
+        self.in_conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.time_proj = nn.Linear(emb_dim, out_ch)
-        self.norm2 = GroupNorm32(out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.out_norm = GroupNorm32(out_ch)
+        self.out_conv = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.sft = SFTLayer(out_ch, sft_channels, sft_hidden) if sft_channels else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, structure: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.in_conv(F.silu(self.in_norm(x)))
         h = h + self.time_proj(F.silu(emb)).type(h.dtype)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.out_conv(F.silu(self.out_norm(h)))
         if self.sft is not None:
             if structure is None:
                 raise ValueError("this residual block needs structure features from the time-aware encoder")
