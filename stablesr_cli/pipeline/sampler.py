@@ -1,0 +1,114 @@
+"""The denoising loop: respaced DDPM steps over Gaussian-blended latent tiles (spec 3.3, 4.4).
+
+At every step each tile's low-resolution latent goes through the time-aware encoder at the step's
+original timestep, the UNet predicts eps or v for the tile, the predictions are blended with
+Gaussian weights into one full-size prediction, and ONE ancestral step is taken on the whole latent.
+A latent no larger than a tile is simply a single tile: there is no separate untiled path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..progress import ProgressEvent
+from .noise import NoiseSource
+from .schedule import Prediction, Schedule, ddpm_step
+from .tiling import GaussianBlender, Tile, latent_tiles
+
+
+@dataclass(frozen=True)
+class LatentTiling:
+    tile: int
+    """Tile side in latent pixels (64 for the 512 models, 96 for 768v)."""
+    overlap: int
+    """Overlap of neighbouring tiles in latent pixels (upstream default 32)."""
+    batch: int = 1
+    """Tiles per UNet call; results do not depend on it (every op is per sample)."""
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """The two networks of one sampling step and what they share."""
+
+    unet: nn.Module
+    time_encoder: nn.Module
+    context: torch.Tensor
+    """Cross-attention context [1, L, D], e.g. the empty prompt's."""
+    prediction: Prediction
+
+    def predict(self, z_t: torch.Tensor, z_lq: torch.Tensor, t: int) -> torch.Tensor:
+        """eps or v for a batch of tiles, with structure features from the matching LR-latent tiles."""
+        param = next(self.unet.parameters())
+        batch = z_t.shape[0]
+        timesteps = torch.full((batch,), t, dtype=torch.long, device=param.device)
+        z_lq = z_lq.to(device=param.device, dtype=param.dtype)
+        structure = self.time_encoder(z_lq, timesteps)
+        context = self.context.to(device=param.device, dtype=param.dtype).expand(batch, -1, -1)
+        out = self.unet(z_t.to(device=param.device, dtype=param.dtype), timesteps, context, structure)
+        return out.to(torch.float32)
+
+
+def blended_prediction(
+    denoiser: Denoiser, z_t: torch.Tensor, z_lq: torch.Tensor, t: int, tiling: LatentTiling | None,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """The network output for the whole latent, tile by tile, blended with upstream's Gaussian weights."""
+    height, width = z_t.shape[-2:]
+    if tiling is None:
+        tiles = [Tile(0, 0, height, width)]
+        batch = 1
+    else:
+        tiles = latent_tiles(height, width, tiling.tile, tiling.overlap)
+        batch = tiling.batch
+    blender = GaussianBlender(tuple(z_t.shape), dtype=torch.float32, device=z_t.device)
+    for start in range(0, len(tiles), batch):
+        group = tiles[start:start + batch]
+        out = denoiser.predict(
+            torch.cat([z_t[tile.slices] for tile in group]),
+            torch.cat([z_lq[tile.slices] for tile in group]),
+            t,
+        ).to(z_t.device)
+        for k, tile in enumerate(group):
+            blender.add(tile, out[k:k + 1])
+        if on_tile is not None:
+            on_tile(start + len(group), len(tiles))
+    return blender.result().to(torch.float32)
+
+
+def sample(
+    denoiser: Denoiser,
+    z_start: torch.Tensor,
+    z_lq: torch.Tensor,
+    schedule: Schedule,
+    noise: NoiseSource,
+    tiling: LatentTiling | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run the respaced chain from z_start (x_T) down to the clean latent.
+
+    z_start, z_lq: [1, 4, h, w] float32; the noise source is drawn once per step (also at the last
+    step, whose draw upstream multiplies by 0) so that the stream stays upstream's.
+    `on_step(k, z)` sees the latent after the k-th executed step (used by the parity tests).
+    """
+    z = z_start.to(torch.float32)
+    total = schedule.num_steps
+    for k, i in enumerate(reversed(range(total))):
+        t = int(schedule.timesteps[i])
+
+        def on_tile(done: int, count: int, _k: int = k) -> None:
+            if progress is not None:
+                progress(ProgressEvent("sample", step=_k, total_steps=total, tile=done, total_tiles=count))
+
+        out = blended_prediction(denoiser, z, z_lq, t, tiling, on_tile)
+        step_noise = noise.draw(tuple(z.shape)).to(z.device)
+        z = ddpm_step(out, z, i, schedule, denoiser.prediction, step_noise)
+        if on_step is not None:
+            on_step(k, z)
+        if progress is not None:
+            progress(ProgressEvent("sample", step=k + 1, total_steps=total))
+    return z
