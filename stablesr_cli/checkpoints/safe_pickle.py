@@ -1,0 +1,268 @@
+"""Read `torch.save` zip checkpoints (PyTorch-Lightning `.ckpt`) without running pickled code.
+
+A `.ckpt` is a zip archive: `<root>/data.pkl` is a pickle of the checkpoint object whose tensors
+point, through pickle "persistent ids", at raw storage records `<root>/data/<key>`. Unpickling
+with the standard `pickle` module lets the file call any importable function, so this module uses
+an allowlist unpickler (spandrel's approach): only tensor rebuilding, plain containers and the
+storage dtype tokens are resolved; every other global is refused with `UnsafeCheckpointError`.
+
+Storage records are uncompressed in every `torch.save` archive, so they are memory-mapped rather
+than read: opening a multi-GB checkpoint costs almost nothing until a tensor's bytes are touched.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError, UnsafeCheckpointError
+
+# `torch.<Name>Storage` -> element dtype. The pickle names a storage class only to tell the dtype.
+_STORAGE_DTYPES: dict[str, torch.dtype] = {
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+# Lightning keys its `callbacks` entry by the callback *class*; the class is only ever used as a dict
+# key, so an inert stand-in is enough (and Lightning need not be installed).
+_INERT_CLASSES = frozenset({"pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"})
+
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+class _StorageType:
+    """What `torch.FloatStorage` & co. resolve to: a dtype token that cannot be called."""
+
+    __slots__ = ("dtype", "name")
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name = name
+        self.dtype = dtype
+
+    def __reduce__(self):  # never pickled back out
+        raise TypeError("storage tokens are not picklable")
+
+
+class InertClass:
+    """Stand-in for a class a checkpoint names but never instantiates (e.g. Lightning's ModelCheckpoint).
+
+    Hashable and comparable by its dotted name, so it works as the dict key Lightning uses; calling
+    it or restoring state into it is refused, because that is where a real class would run code.
+    """
+
+    __slots__ = ("qualname", "_source")
+
+    def __init__(self, qualname: str, source: str) -> None:
+        self.qualname = qualname
+        self._source = source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafeCheckpointError(
+            f"{self._source}: refused to instantiate '{self.qualname}' while unpickling; "
+            "only tensors and plain containers are loaded. Use a checkpoint from a trusted source "
+            "or convert it with `stablesr weights convert` on a machine where it is trusted"
+        )
+
+    def __hash__(self) -> int:
+        return hash(("InertClass", self.qualname))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InertClass) and other.qualname == self.qualname
+
+    def __repr__(self) -> str:
+        return f"<class {self.qualname} (not loaded)>"
+
+
+class _ArchiveStorages:
+    """The storage records of one zip checkpoint, memory-mapped on first use."""
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile, root: str) -> None:
+        self._path = path
+        self._archive = archive
+        self._root = root
+        self._map: mmap.mmap | None = None
+        self._cache: dict[str, torch.UntypedStorage] = {}
+
+    def _mapping(self) -> mmap.mmap:
+        if self._map is None:
+            with open(self._path, "rb") as fh:
+                # ACCESS_COPY: private copy-on-write pages, so tensors are writable and the file is
+                # never modified; the mapping stays alive as long as any tensor references it.
+                self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._map
+
+    def storage(self, key: str, nbytes: int) -> torch.UntypedStorage:
+        if key in self._cache:
+            return self._cache[key]
+        name = f"{self._root}data/{key}"
+        try:
+            info = self._archive.getinfo(name)
+        except KeyError:
+            raise CheckpointError(f"{self._path}: storage record '{name}' is missing; the file is damaged") from None
+        if info.file_size != nbytes:
+            raise CheckpointError(
+                f"{self._path}: storage record '{name}' holds {info.file_size} bytes, the pickle expects "
+                f"{nbytes}; the file is damaged"
+            )
+        if info.compress_type == zipfile.ZIP_STORED:
+            mapping = self._mapping()
+            start = self._data_offset(info, len(mapping))
+            raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=start) if nbytes else (
+                torch.empty(0, dtype=torch.uint8)
+            )
+        else:  # torch never compresses records, but a re-zipped file may; read it into memory
+            raw = torch.frombuffer(bytearray(self._archive.read(name)), dtype=torch.uint8) if nbytes else (
+                torch.empty(0, dtype=torch.uint8)
+            )
+        storage = raw.untyped_storage()
+        self._cache[key] = storage
+        return storage
+
+    def _data_offset(self, info: zipfile.ZipInfo, file_len: int) -> int:
+        mapping = self._mapping()
+        header = bytes(mapping[info.header_offset: info.header_offset + _LOCAL_HEADER.size])
+        if len(header) != _LOCAL_HEADER.size or header[:4] != _LOCAL_MAGIC:
+            raise CheckpointError(f"{self._path}: zip entry '{info.filename}' has no valid header; the file is damaged")
+        fields = _LOCAL_HEADER.unpack(header)
+        name_len, extra_len = fields[-2], fields[-1]
+        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        if start + info.file_size > file_len:
+            raise CheckpointError(f"{self._path}: zip entry '{info.filename}' runs past the end of the file; it is truncated")
+        return start
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the globals a tensor checkpoint needs; anything else is refused."""
+
+    def __init__(self, data: Any, path: Path, storages: _ArchiveStorages) -> None:
+        super().__init__(data)
+        self._path = path
+        self._storages = storages
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        if module == "collections" and name == "OrderedDict":
+            return OrderedDict
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return self._rebuild_tensor
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return self._rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name, _STORAGE_DTYPES[name])
+        if qualname in _INERT_CLASSES:
+            return InertClass(qualname, str(self._path))
+        raise UnsafeCheckpointError(
+            f"{self._path}: refused to load global '{qualname}': the checkpoint asks to run code "
+            "(only tensors and plain containers are allowed); do not use this file unless you trust its source"
+        )
+
+    def persistent_load(self, pid: Any) -> torch.UntypedStorage:
+        # torch.save writes ('storage', <torch.XStorage>, key, location, numel) for every storage
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise CheckpointError(f"{self._path}: unexpected persistent id {pid!r}; not a torch.save checkpoint")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+            raise CheckpointError(f"{self._path}: malformed storage reference {pid!r}; the file is damaged")
+        itemsize = torch.empty(0, dtype=storage_type.dtype).element_size()
+        # the dtype travels with the storage so that _rebuild_tensor knows how to view the bytes
+        return _TypedBytes(self._storages.storage(key, numel * itemsize), storage_type.dtype)
+
+    def _rebuild_tensor(
+        self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+        backward_hooks: Any = None, metadata: Any = None,
+    ) -> torch.Tensor:
+        if not isinstance(storage, _TypedBytes):
+            raise CheckpointError(f"{self._path}: a tensor does not point at a storage record; the file is damaged")
+        if backward_hooks:
+            raise UnsafeCheckpointError(f"{self._path}: refused a tensor with backward hooks (they would run code)")
+        if not (_is_int_tuple(size) and _is_int_tuple(stride) and isinstance(offset, int) and len(size) == len(stride)):
+            raise CheckpointError(f"{self._path}: malformed tensor geometry {size!r}/{stride!r}; the file is damaged")
+        tensor = torch.empty(0, dtype=storage.dtype)
+        try:
+            # set_ checks that offset/size/stride stay inside the storage
+            tensor.set_(storage.storage, offset, torch.Size(size), stride)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self._path}: a tensor lies outside its storage record ({exc}); the file is damaged") from None
+        return tensor
+
+    def _rebuild_parameter(self, data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> torch.Tensor:
+        # state dicts only need the values; a plain tensor also keeps safetensors happy
+        if not isinstance(data, torch.Tensor):
+            raise CheckpointError(f"{self._path}: a parameter without tensor data; the file is damaged")
+        if backward_hooks:
+            raise UnsafeCheckpointError(f"{self._path}: refused a parameter with backward hooks (they would run code)")
+        return data
+
+
+class _TypedBytes:
+    """A storage record plus the dtype the pickle declared for it."""
+
+    __slots__ = ("storage", "dtype")
+
+    def __init__(self, storage: torch.UntypedStorage, dtype: torch.dtype) -> None:
+        self.storage = storage
+        self.dtype = dtype
+
+
+def _is_int_tuple(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, int) and v >= 0 for v in value)
+
+
+def _find_root(path: Path, archive: zipfile.ZipFile) -> str:
+    """The folder inside the archive that holds data.pkl (named after the file by old torch, 'archive/' by new)."""
+    for name in archive.namelist():
+        if name.endswith("data.pkl") and name.count("/") == 1:
+            return name[: -len("data.pkl")]
+    raise CheckpointError(f"{path}: zip archive without a data.pkl; not a torch checkpoint")
+
+
+def load_zip_checkpoint(path: str | Path) -> Any:
+    """The object stored in a zip-format `torch.save` file, with tensors memory-mapped from it.
+
+    Only tensors, parameters (returned as plain tensors), OrderedDicts and pickle's own containers
+    and scalars are rebuilt; a Lightning ModelCheckpoint class reference becomes an `InertClass`.
+    Raises UnsafeCheckpointError for any other global and CheckpointError for damaged files.
+    """
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc}); the file may be truncated") from None
+    with archive:
+        root = _find_root(path, archive)
+        byteorder_name = f"{root}byteorder"
+        if byteorder_name in archive.namelist():
+            order = archive.read(byteorder_name).decode("ascii", "replace").strip()
+            if order != "little":
+                raise CheckpointError(f"{path}: stored as {order}-endian tensors, which this loader does not read")
+        try:
+            pickled = archive.read(f"{root}data.pkl")
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"{path}: cannot read data.pkl ({exc}); the file is damaged") from None
+        storages = _ArchiveStorages(path, archive, root)
+        unpickler = _RestrictedUnpickler(io.BytesIO(pickled), path, storages)
+        try:
+            return unpickler.load()
+        except (UnsafeCheckpointError, CheckpointError):
+            raise
+        except Exception as exc:  # any malformed pickle: opcode errors, bad REDUCE calls, EOF ...
+            raise CheckpointError(f"{path}: the checkpoint's pickle is damaged or unsupported ({type(exc).__name__}: {exc})") from None
