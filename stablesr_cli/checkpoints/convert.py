@@ -1,0 +1,274 @@
+"""Official checkpoints -> one .safetensors file per component, plus the precomputed empty-prompt context.
+
+Converted files keep upstream key names with the component prefix stripped (`unet.safetensors`
+holds `input_blocks.0.0.weight`, not `model.diffusion_model.input_blocks.0.0.weight`), so they load
+through the same key map as the `.ckpt`, only faster and memory-mapped. Every file records where it
+came from in its metadata (see `FORMAT`). Optimizer state, the stored diffusion schedule and the
+CFW training loss are dropped; an EMA copy of the UNet is kept only on request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, OutputPathError
+from .io import read_state_dict
+from .keymap import IGNORED_PREFIXES, SCHEDULE_BUFFERS, split_components
+
+StateDict = dict[str, torch.Tensor]
+Note = Callable[[str], None]
+"""Receives one human-readable line per conversion step (the CLI shows it; the library never prints)."""
+
+FORMAT = "stablesr/1"
+"""`format` metadata value of every converted file; bump when the layout changes."""
+
+COMPONENT_FILES: dict[str, str] = {
+    "unet": "unet.safetensors",
+    "time_encoder": "time_encoder.safetensors",
+    "vae": "vae.safetensors",
+    "text_encoder": "text_encoder.safetensors",
+    "cfw": "cfw.safetensors",
+    "context_empty": "context_empty.safetensors",
+    "unet_ema": "unet_ema.safetensors",
+}
+SR_COMPONENTS = ("unet", "time_encoder", "vae", "text_encoder")
+CONTEXT_TENSOR = "context"
+"""Name of the [1, 77, width] tensor inside context_empty.safetensors."""
+
+# The CFW checkpoint (AutoencoderKLResi) is rooted at these prefixes; `loss.*` is training only.
+CFW_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
+_EMA_PREFIX = "model_ema."
+_EMA_BOOKKEEPING = frozenset({"model_ema.decay", "model_ema.num_updates"})
+_SHOW = 5
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _list_keys(keys: list[str]) -> str:
+    more = f" ... and {len(keys) - _SHOW} more" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _ema_to_unet_keys(sd: Mapping[str, torch.Tensor], unet_keys: list[str], source: Path) -> StateDict:
+    """LitEma stores `model.diffusion_model.x.y` as `model_ema.diffusion_modelxy` (dots removed):
+    recover the upstream UNet names by matching against the UNet's own keys."""
+    by_flat = {("diffusion_model." + k).replace(".", ""): k for k in unet_keys}
+    ema: StateDict = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        if not key.startswith(_EMA_PREFIX) or key in _EMA_BOOKKEEPING:
+            continue
+        name = by_flat.get(key[len(_EMA_PREFIX):])
+        if name is None:
+            unknown.append(key)
+        else:
+            ema[name] = value
+    if unknown:
+        raise CheckpointError(f"{source}: EMA keys that match no UNet weight: {_list_keys(unknown)}")
+    return ema
+
+
+def split_sr_state_dict(sd: Mapping[str, torch.Tensor], source: Path, *, keep_ema: bool = False) -> dict[str, StateDict]:
+    """The components of a StableSR diffusion checkpoint, prefixes stripped; `unet_ema` if asked and present."""
+    components, leftover = split_components(sd)
+    if "unet" not in components:
+        if any(k.startswith("decoder.fusion_layer_") for k in sd):
+            raise CheckpointError(f"{source}: this is a CFW autoencoder checkpoint, not a diffusion model; pass it with --cfw")
+        raise CheckpointError(f"{source}: no 'model.diffusion_model.*' weights; not a StableSR diffusion checkpoint")
+    if leftover:
+        raise CheckpointError(
+            f"{source}: {len(leftover)} keys belong to no known component ({_list_keys(sorted(leftover))}); "
+            "not an official StableSR checkpoint?"
+        )
+    missing = [name for name in SR_COMPONENTS if name not in components]
+    if missing:
+        raise CheckpointError(f"{source}: no weights for {', '.join(missing)}; the checkpoint is incomplete")
+    if keep_ema:
+        ema = _ema_to_unet_keys(sd, list(components["unet"]), source)
+        if ema:
+            components["unet_ema"] = ema
+    return components
+
+
+def split_cfw_state_dict(sd: Mapping[str, torch.Tensor], source: Path) -> StateDict:
+    """The autoencoder + CFW weights of a CFW checkpoint; the training loss (`loss.*`) is dropped."""
+    kept: StateDict = {}
+    leftover: list[str] = []
+    for key, value in sd.items():
+        if key.startswith(CFW_PREFIXES):
+            kept[key] = value
+        elif not (key.startswith(IGNORED_PREFIXES) or key in SCHEDULE_BUFFERS):
+            leftover.append(key)
+    if any(k.startswith("model.diffusion_model.") for k in leftover):
+        raise CheckpointError(f"{source}: this is a diffusion model checkpoint, not a CFW autoencoder; pass it as CKPT, not --cfw")
+    if leftover:
+        raise CheckpointError(f"{source}: {len(leftover)} keys are not CFW autoencoder weights ({_list_keys(sorted(leftover))})")
+    if not any(k.startswith("decoder.fusion_layer_") for k in kept):
+        raise CheckpointError(f"{source}: no 'decoder.fusion_layer_*' weights; not a CFW checkpoint")
+    return kept
+
+
+def _standalone(t: torch.Tensor, fp16: bool) -> torch.Tensor:
+    """A tensor safetensors can write: dense, owning exactly its bytes, optionally half precision."""
+    if fp16 and t.is_floating_point() and t.dtype != torch.float16:
+        return t.to(torch.float16).contiguous()
+    if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.contiguous().clone()  # a view of a larger storage (or shared with another tensor)
+    return t
+
+
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot write converted weights ({exc.strerror or exc}); check the folder and free space") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _dtypes(tensors: Mapping[str, torch.Tensor]) -> str:
+    return ",".join(sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}))
+
+
+def _metadata(component: str, source: Path, source_sha256: str, *, model: str | None, prediction: str | None, dtype: str) -> dict[str, str]:
+    meta = {
+        "format": FORMAT,
+        "component": component,
+        "source": source.name,
+        "source_sha256": source_sha256,
+        "dtype": dtype,
+    }
+    if model:
+        meta["model"] = model
+    if prediction:
+        meta["prediction"] = prediction
+    return meta
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def convert_sr_checkpoint(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    *,
+    fp16: bool = False,
+    keep_ema: bool = False,
+    model: str | None = None,
+    prediction: str | None = None,
+    source_sha256: str | None = None,
+    text_heads: int | None = None,
+    note: Note | None = None,
+) -> dict[str, Path]:
+    """Split a StableSR diffusion `.ckpt` into unet / time_encoder / vae / text_encoder files plus
+    `context_empty.safetensors`; returns component -> written path.
+
+    `model`/`prediction` ('eps' or 'v') are recorded in the metadata when known; `text_heads` is only
+    needed for text towers whose width is not a multiple of 64 (open_clip's head width), i.e. test models.
+    """
+    from .assemble import empty_prompt_context  # needs the text model code; imported on use
+
+    ckpt, out_dir, note = Path(ckpt), Path(out_dir), note or _noop
+    if source_sha256 is None:
+        note(f"hashing {ckpt.name}")
+        source_sha256 = sha256_file(ckpt)
+    note(f"reading {ckpt.name}")
+    components = split_sr_state_dict(read_state_dict(ckpt), ckpt, keep_ema=keep_ema)
+    _prepare_out_dir(out_dir)
+
+    # the context is computed in float32 from the stored weights, before any fp16 cast
+    note("computing the empty-prompt context")
+    context = empty_prompt_context(components["text_encoder"], **({"heads": text_heads} if text_heads else {}))
+    written: dict[str, Path] = {}
+    for name, sd in components.items():
+        path = out_dir / COMPONENT_FILES[name]
+        note(f"writing {path.name} ({len(sd)} tensors)")
+        tensors = {k: _standalone(v, fp16) for k, v in sd.items()}
+        _write_safetensors(tensors, path, _metadata(name, ckpt, source_sha256, model=model, prediction=prediction, dtype=_dtypes(tensors)))
+        written[name] = path
+    path = out_dir / COMPONENT_FILES["context_empty"]
+    _write_safetensors(
+        {CONTEXT_TENSOR: context.detach().to(torch.float32).contiguous()},
+        path,
+        _metadata("context_empty", ckpt, source_sha256, model=model, prediction=prediction, dtype="float32"),
+    )
+    written["context_empty"] = path
+    return written
+
+
+def convert_cfw_checkpoint(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    *,
+    fp16: bool = False,
+    model: str | None = None,
+    source_sha256: str | None = None,
+    note: Note | None = None,
+) -> Path:
+    """Write `cfw.safetensors` (encoder, decoder incl. fusion layers, quant convs) from a CFW `.ckpt`."""
+    ckpt, out_dir, note = Path(ckpt), Path(out_dir), note or _noop
+    if source_sha256 is None:
+        note(f"hashing {ckpt.name}")
+        source_sha256 = sha256_file(ckpt)
+    note(f"reading {ckpt.name}")
+    sd = split_cfw_state_dict(read_state_dict(ckpt), ckpt)
+    _prepare_out_dir(out_dir)
+    path = out_dir / COMPONENT_FILES["cfw"]
+    note(f"writing {path.name} ({len(sd)} tensors)")
+    tensors = {k: _standalone(v, fp16) for k, v in sd.items()}
+    _write_safetensors(
+        tensors, path, _metadata("cfw", ckpt, source_sha256, model=model, prediction=None, dtype=_dtypes(tensors))
+    )
+    return path
+
+
+def convert_checkpoint(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    *,
+    cfw: str | Path | None = None,
+    fp16: bool = False,
+    keep_ema: bool = False,
+    model: str | None = None,
+    prediction: str | None = None,
+    text_heads: int | None = None,
+    note: Note | None = None,
+) -> dict[str, Path]:
+    """`stablesr weights convert`: the diffusion checkpoint and, if given, its CFW checkpoint into one folder."""
+    written = convert_sr_checkpoint(
+        ckpt, out_dir, fp16=fp16, keep_ema=keep_ema, model=model, prediction=prediction, text_heads=text_heads, note=note
+    )
+    if cfw is not None:
+        written["cfw"] = convert_cfw_checkpoint(cfw, out_dir, fp16=fp16, model=model, note=note)
+    return written
+
+
+def find_converted(folder: str | Path) -> dict[str, Path]:
+    """Component -> path of the converted files present in `folder` (by their standard names)."""
+    folder = Path(folder)
+    return {name: folder / file for name, file in COMPONENT_FILES.items() if (folder / file).is_file()}
