@@ -88,7 +88,7 @@ def schedule_buffers(timesteps: int = 1000) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def _lightning_callback_class():
+def lightning_callback_class():
     """A throwaway `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint` that exists only
     while saving, so the pickle references the class exactly as the released files do."""
     names = ["pytorch_lightning", "pytorch_lightning.callbacks", LIGHTNING_CALLBACK]
@@ -160,7 +160,7 @@ def tiny_cfw_state_dict() -> dict[str, torch.Tensor]:
 def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
     """A tiny StableSR diffusion `.ckpt` in the official Lightning layout."""
     path = Path(path)
-    with _lightning_callback_class() as cls:
+    with lightning_callback_class() as cls:
         torch.save(_lightning_container(tiny_sr_state_dict(text_width=text_width), cls, epoch=117), path)
     return path
 
@@ -168,6 +168,6 @@ def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
 def write_tiny_cfw_ckpt(path: str | Path) -> Path:
     """A tiny CFW autoencoder `.ckpt` in the official Lightning layout (keys without prefix, plus `loss.*`)."""
     path = Path(path)
-    with _lightning_callback_class() as cls:
+    with lightning_callback_class() as cls:
         torch.save(_lightning_container(tiny_cfw_state_dict(), cls, epoch=11), path)
     return path

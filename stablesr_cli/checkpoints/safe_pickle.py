@@ -43,6 +43,22 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
 # key, so an inert stand-in is enough (and Lightning need not be installed).
 _INERT_CLASSES = frozenset({"pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"})
 
+def _empty_bytes(*args: Any) -> bytes:
+    if args:  # bytes(n) would allocate n bytes; pickle only ever writes bytes()
+        raise TypeError("bytes() takes no arguments here")
+    return b""
+
+
+def _plain_set(items: Any = ()) -> set:
+    return set(items) if isinstance(items, (list, tuple)) else set()
+
+
+def _plain_frozenset(items: Any = ()) -> frozenset:
+    return frozenset(items) if isinstance(items, (list, tuple)) else frozenset()
+
+
+_PLAIN_CONSTRUCTORS = {"bytes": _empty_bytes, "set": _plain_set, "frozenset": _plain_frozenset}
+
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zip local file header, 30 bytes
 _LOCAL_MAGIC = b"PK\x03\x04"
 
@@ -149,7 +165,11 @@ class _ArchiveStorages:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals a tensor checkpoint needs; anything else is refused."""
+    """Resolves only the globals a tensor checkpoint needs; anything else is refused.
+
+    Allowed: tensor and parameter rebuilding (our own implementations, bounds-checked), the storage
+    dtype tokens, OrderedDict, and the bytes/set spellings of pickle protocol 2.
+    """
 
     def __init__(self, data: Any, path: Path, storages: _ArchiveStorages) -> None:
         super().__init__(data)
@@ -168,10 +188,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _StorageType(name, _STORAGE_DTYPES[name])
         if qualname in _INERT_CLASSES:
             return InertClass(qualname, str(self._path))
+        # pickle protocol 2 (torch.save's default) spells bytes as _codecs.encode(text, 'latin1')
+        # and an empty bytes as bytes(); sets as set(list). Python 2 names arrive unmapped here.
+        if module == "_codecs" and name == "encode":
+            return self._latin1_bytes
+        if module in ("builtins", "__builtin__") and name in _PLAIN_CONSTRUCTORS:
+            return _PLAIN_CONSTRUCTORS[name]
         raise UnsafeCheckpointError(
             f"{self._path}: refused to load global '{qualname}': the checkpoint asks to run code "
             "(only tensors and plain containers are allowed); do not use this file unless you trust its source"
         )
+
+    def _latin1_bytes(self, text: Any, encoding: Any = "utf-8") -> bytes:
+        # only the one call pickle itself writes; any other codec lookup is refused
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise UnsafeCheckpointError(f"{self._path}: refused _codecs.encode with {type(text).__name__}/{encoding!r}")
+        return text.encode("latin1")
 
     def persistent_load(self, pid: Any) -> torch.UntypedStorage:
         # torch.save writes ('storage', <torch.XStorage>, key, location, numel) for every storage
