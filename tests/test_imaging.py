@@ -393,6 +393,14 @@ def test_sixteen_bit_png_written_by_us_round_trips(tmp_path, channels):
         np.testing.assert_array_equal(again.alpha, pic.alpha)
 
 
+@pytest.mark.parametrize("bit_depth", [8, 16])  # Pillow's writer and our 16-bit PNG writer
+def test_writer_resets_a_stray_exif_orientation(bit_depth):
+    pic = picture(np.full((2, 3, 3), 0.5), bit_depth=bit_depth, exif=exif_with(6).tobytes())
+    written = pillow_open(encode_picture(pic, "PNG"))
+    assert written.size == (3, 2)
+    assert written.getexif()[ORIENTATION] == 1 and written.getexif()[0x010F] == "StableSR test camera"
+
+
 def test_sixteen_bit_grey_tiff_stays_sixteen_bit(tmp_path):
     samples = np.arange(0, 65536, 257 * 3, dtype=np.uint16).reshape(1, -1, 1)
     pic = read_picture(png16_bytes(samples))
@@ -449,6 +457,8 @@ def test_stream_destination_and_format_choice(tmp_path):
     assert Image.open(io.BytesIO(stream.getvalue())).format == "JPEG"
     write_picture(pic, tmp_path / "out.jpg", format="png")  # an explicit format beats the extension
     assert pillow_open(tmp_path / "out.jpg").format == "PNG"
+    with pytest.raises(OptionError, match="between 1 and 100, got 0"):
+        encode_picture(pic, "JPEG", quality=0)
     with pytest.raises(OptionError, match="'gif'"):
         encode_picture(pic, "gif")
     with pytest.raises(OutputPathError, match=r"out\.xyz.*unknown image extension"):

@@ -461,6 +461,7 @@ def write_picture(
     only once complete and synced, so a failure never leaves a partial image behind.
     Raises `OutputPathError` when the folder is missing or unwritable.
     """
+    _check_quality(quality)
     if not isinstance(destination, (str, Path)):
         _encode_into(picture, _resolve_format(format, None, picture), quality, destination)
         return
@@ -471,9 +472,15 @@ def write_picture(
 
 def encode_picture(picture: Picture, format: str, quality: int | None = None) -> bytes:
     """The encoded file as bytes (for stdout); same conversions as `write_picture`."""
+    _check_quality(quality)
     buffer = BytesIO()
     _encode_into(picture, _resolve_format(format, None, picture), quality, buffer)
     return buffer.getvalue()
+
+
+def _check_quality(quality: int | None) -> None:
+    if quality is not None and not 1 <= quality <= 100:
+        raise OptionError(f"image quality must be between 1 and 100, got {quality}")
 
 
 def _resolve_format(requested: str | None, path: Path | None, picture: Picture) -> str:
@@ -511,7 +518,7 @@ def _write_atomically(path: Path, encode: Callable[[BinaryIO], None]) -> None:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
-        if isinstance(error, OSError) and not isinstance(error, OutputPathError):
+        if isinstance(error, OSError):
             raise _output_error(path, folder, error) from error
         raise
     _sync_folder(folder)
