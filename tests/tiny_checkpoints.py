@@ -13,6 +13,7 @@ import sys
 import types
 from collections import OrderedDict
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -136,7 +137,13 @@ def _lightning_container(state_dict: dict[str, torch.Tensor], callback_cls: type
 
 
 def tiny_sr_state_dict(*, text_width: int = 16) -> dict[str, torch.Tensor]:
-    """The tiny diffusion checkpoint's state dict, upstream key names."""
+    """The tiny diffusion checkpoint's state dict, upstream key names (a fresh dict; tensors are
+    shared between calls, so do not modify them in place)."""
+    return dict(_tiny_sr_state_dict(text_width))
+
+
+@lru_cache(maxsize=4)
+def _tiny_sr_state_dict(text_width: int) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     sd.update(golden_weights("01_unet.safetensors"))
     sd.update(golden_weights("02_structcond.safetensors"))
@@ -148,7 +155,13 @@ def tiny_sr_state_dict(*, text_width: int = 16) -> dict[str, torch.Tensor]:
 
 
 def tiny_cfw_state_dict() -> dict[str, torch.Tensor]:
-    """The tiny CFW checkpoint's state dict: the golden CFW autoencoder plus a few training-loss tensors."""
+    """The tiny CFW checkpoint's state dict: the golden CFW autoencoder plus a few training-loss tensors
+    (a fresh dict; tensors are shared between calls)."""
+    return dict(_tiny_cfw_state_dict())
+
+
+@lru_cache(maxsize=1)
+def _tiny_cfw_state_dict() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(99)
     sd = golden_weights("04_cfw.safetensors")
     sd["loss.logvar"] = torch.zeros(())
