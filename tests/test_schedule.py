@@ -179,3 +179,25 @@ def test_unknown_prediction_and_index_are_refused():
         predict_z0(z, z, 1, schedule, "x0")
     with pytest.raises(ValueError, match="between 0 and 3"):
         ddpm_step(z, z, 4, schedule, "eps", z)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_ddpm_step_is_bitwise_upstreams_float32_expression(prediction):
+    # upstream's p_sample with extract_into_tensor's gather, written out in the same operation order
+    schedule = respaced_schedule(20)
+    generator = torch.Generator().manual_seed(3)
+    out, x, noise = (torch.randn(1, 4, 5, 6, generator=generator) for _ in range(3))
+    for i in (19, 7, 0):
+        t = torch.full((1,), i, dtype=torch.long)
+
+        def extract(table: torch.Tensor) -> torch.Tensor:
+            return table.gather(-1, t).reshape(1, 1, 1, 1)
+
+        if prediction == "eps":
+            x_recon = extract(schedule.sqrt_recip_alphas_cumprod) * x - extract(schedule.sqrt_recipm1_alphas_cumprod) * out
+        else:
+            x_recon = extract(schedule.sqrt_alphas_cumprod) * x - extract(schedule.sqrt_one_minus_alphas_cumprod) * out
+        mean = extract(schedule.posterior_mean_coef1) * x_recon + extract(schedule.posterior_mean_coef2) * x
+        nonzero_mask = (1 - (t == 0).float()).reshape(1, 1, 1, 1)
+        upstream = mean + nonzero_mask * (0.5 * extract(schedule.posterior_log_variance_clipped)).exp() * noise
+        assert torch.equal(ddpm_step(out, x, i, schedule, prediction, noise), upstream)
