@@ -1,0 +1,343 @@
+"""Memory-lean tiled VAE encode/decode (CFW included) that equals the untiled result to float tolerance.
+
+Every activation is held as a grid of non-overlapping tiles ("cores") on a storage device; each layer
+runs one output tile at a time on the compute device, so the compute device only ever holds one
+tile's window and its temporaries.
+
+Why the result matches the whole-image network:
+
+* Convolutions: an output tile reads a window of its input that covers the conv's receptive field
+  (a 1-pixel halo for 3x3 convs), gathered from the neighbouring cores of the *same* layer, with
+  zeros only outside the image, exactly where the whole-image conv pads. Only the tile's own
+  output core is kept, so there are no seams and no halo budget to run out of.
+* GroupNorm is a synchronisation point: the statistics come from every core of the layer input.
+  Per tile we take the count, mean and sum of squared deviations in float64 and merge them with
+  Chan's parallel formula, which gives the exact global mean and (population) variance. The
+  WebUI's Tiled VAE instead averages per-tile variances weighted by pixel count, which ignores the
+  spread of the tile means. Normalisation, SiLU and the affine are pointwise, so they are applied
+  to each gathered window before the zero padding.
+* The mid-block attention is global: its input is gathered whole, run through the module and split
+  again. It sits at 1/8 of the image resolution, so it is small next to the full-resolution levels.
+
+Memory: storage holds the tiles of about two activations at a time (a ResnetBlock's input and its
+hidden tensor), i.e. of the order of one whole activation -- unavoidable for exact GroupNorm
+statistics without recomputation. Put storage on the CPU (`storage_device="cpu"`) to keep the
+accelerator's memory proportional to the tile size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import OptionError
+from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian, ResnetBlock
+from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
+
+
+@dataclass(frozen=True)
+class Box:
+    """Rows [y0, y1) and columns [x0, x1) of a feature map."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+class TileGrid:
+    """A [B, C, H, W] activation stored as non-overlapping `side` x `side` tiles (smaller at the right/bottom
+    edges), row-major; `stride` is the feature map's downscale from the image."""
+
+    def __init__(self, height: int, width: int, stride: int, side: int, tiles: list[torch.Tensor]):
+        self.height, self.width, self.stride, self.side = height, width, stride, side
+        self.columns = -(-width // side)
+        self.boxes = self.layout(height, width, side)
+        if len(tiles) != len(self.boxes):
+            raise ValueError(f"{len(tiles)} tiles for a layout of {len(self.boxes)}")
+        self.tiles = tiles
+
+    @staticmethod
+    def layout(height: int, width: int, side: int) -> list[Box]:
+        return [
+            Box(y, min(y + side, height), x, min(x + side, width))
+            for y in range(0, height, side)
+            for x in range(0, width, side)
+        ]
+
+    @classmethod
+    def split(cls, t: torch.Tensor, stride: int, side: int, storage: torch.device) -> "TileGrid":
+        height, width = t.shape[-2:]
+        tiles = [t[..., b.y0:b.y1, b.x0:b.x1].to(storage) for b in cls.layout(height, width, side)]
+        return cls(height, width, stride, side, tiles)
+
+    def read(self, box: Box, device: torch.device) -> torch.Tensor:
+        """The region `box` (inside the image) on `device`, assembled from the cores it overlaps."""
+        rows = range(box.y0 // self.side, (box.y1 - 1) // self.side + 1)
+        cols = range(box.x0 // self.side, (box.x1 - 1) // self.side + 1)
+        if len(rows) == 1 and len(cols) == 1:
+            index = rows[0] * self.columns + cols[0]
+            b = self.boxes[index]
+            t = self.tiles[index][..., box.y0 - b.y0:box.y1 - b.y0, box.x0 - b.x0:box.x1 - b.x0]
+            return t.to(device)
+        first = self.tiles[0]
+        out = first.new_empty((*first.shape[:2], box.y1 - box.y0, box.x1 - box.x0), device=device)
+        for r in rows:
+            for c in cols:
+                index = r * self.columns + c
+                b, t = self.boxes[index], self.tiles[index]
+                y0, y1, x0, x1 = max(b.y0, box.y0), min(b.y1, box.y1), max(b.x0, box.x0), min(b.x1, box.x1)
+                out[..., y0 - box.y0:y1 - box.y0, x0 - box.x0:x1 - box.x0] = t[..., y0 - b.y0:y1 - b.y0, x0 - b.x0:x1 - b.x0]
+        return out
+
+
+Pointwise = Callable[[torch.Tensor], torch.Tensor]
+Finish = Callable[[torch.Tensor, Box], torch.Tensor]
+
+
+class _TiledRunner:
+    """Runs the autoencoder's layers tile by tile; one instance per encode/decode call."""
+
+    def __init__(self, vae: Autoencoder, tile: int, storage: torch.device | None):
+        if not isinstance(tile, int) or tile < 1:
+            raise OptionError(f"VAE tile size must be a positive number of pixels, got {tile!r}")
+        self.vae = vae
+        self.tile = tile
+        self.device = next(vae.parameters()).device
+        self.storage = storage
+
+    # --- grids -----------------------------------------------------------------------------------
+
+    def side(self, stride: int) -> int:
+        """Tile side at a feature map `stride` times smaller than the image: the same image area per tile."""
+        return max(1, -(-self.tile // stride))
+
+    def split(self, t: torch.Tensor, stride: int) -> TileGrid:
+        storage = self.storage if self.storage is not None else t.device
+        return TileGrid.split(t, stride, self.side(stride), torch.device(storage))
+
+    def gather(self, grid: TileGrid) -> torch.Tensor:
+        return grid.read(Box(0, grid.height, 0, grid.width), self.device)
+
+    def _store(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.to(self.storage if self.storage is not None else like.device)
+
+    def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid) -> TileGrid:
+        first = grids[0]
+        tiles = [
+            self._store(fn(*(g.read(box, self.device) for g in grids)), t)
+            for box, t in zip(first.boxes, first.tiles)
+        ]
+        return TileGrid(first.height, first.width, first.stride, first.side, tiles)
+
+    # --- GroupNorm as a synchronisation point ------------------------------------------------------
+
+    def group_stats(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact global per-group mean and 1/sqrt(var + eps) over all tiles of the channel-concatenated sources."""
+        groups = norm.num_groups
+        count = 0
+        mean = m2 = None
+        for box in sources[0].boxes:
+            x = torch.cat([s.read(box, self.device) for s in sources], dim=1).to(torch.float64)
+            x = x.reshape(x.shape[0], groups, -1)
+            n = x.shape[-1]
+            tile_mean = x.mean(dim=-1)
+            tile_m2 = (x - tile_mean[..., None]).square().sum(dim=-1)
+            if mean is None:
+                count, mean, m2 = n, tile_mean, tile_m2
+                continue
+            # Chan et al.: merge (count, mean, sum of squared deviations) without cancellation
+            total = count + n
+            delta = tile_mean - mean
+            mean = mean + delta * (n / total)
+            m2 = m2 + tile_m2 + delta.square() * (count * n / total)
+            count = total
+        variance = m2 / count
+        return mean, torch.rsqrt(variance + norm.eps)
+
+    def norm_silu(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> Pointwise:
+        mean, rstd = self.group_stats(sources, norm)
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            b, c = x.shape[:2]
+            groups = norm.num_groups
+            xg = x.float().reshape(b, groups, c // groups, *x.shape[2:])
+            m = mean.float().reshape(b, groups, 1, 1, 1)
+            r = rstd.float().reshape(b, groups, 1, 1, 1)
+            y = ((xg - m) * r).reshape(x.shape) * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
+            return F.silu(y).to(x.dtype)
+
+        return apply
+
+    # --- convolutions ------------------------------------------------------------------------------
+
+    def _window(self, sources: Sequence[TileGrid], y0: int, y1: int, x0: int, x1: int, pre: Pointwise | None) -> torch.Tensor:
+        """Rows [y0, y1), cols [x0, x1) of pre(concat(sources)), zero outside the image (the conv padding)."""
+        height, width = sources[0].height, sources[0].width
+        inner = Box(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+        t = torch.cat([s.read(inner, self.device) for s in sources], dim=1)
+        if pre is not None:
+            t = pre(t)
+        return F.pad(t, (inner.x0 - x0, x1 - inner.x1, inner.y0 - y0, y1 - inner.y1))
+
+    def _upsampled_window(self, sources: Sequence[TileGrid], y0: int, y1: int, x0: int, x1: int, pre: Pointwise | None) -> torch.Tensor:
+        """The same window of the nearest-x2-upsampled input (zeros outside the upsampled image)."""
+        sy0, sx0 = y0 // 2, x0 // 2
+        small = self._window(sources, sy0, (y1 - 1) // 2 + 1, sx0, (x1 - 1) // 2 + 1, pre)
+        big = small.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+        return big[..., y0 - 2 * sy0:y1 - 2 * sy0, x0 - 2 * sx0:x1 - 2 * sx0]
+
+    def conv(
+        self,
+        sources: Sequence[TileGrid],
+        conv: nn.Conv2d,
+        *,
+        pre: Pointwise | None = None,
+        finish: Finish | None = None,
+        upsample: bool = False,
+        pad_end: int = 0,
+    ) -> TileGrid:
+        """conv(pre(concat(sources))) tile by tile; `upsample` puts a nearest x2 before the conv, `pad_end` adds
+        zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core."""
+        kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        scale = 2 if upsample else 1
+        in_h, in_w = sources[0].height * scale, sources[0].width * scale
+        out_h = (in_h + 2 * padding + pad_end - kernel) // stride + 1
+        out_w = (in_w + 2 * padding + pad_end - kernel) // stride + 1
+        out_stride = max(1, sources[0].stride * stride // scale)
+        side = self.side(out_stride)
+        boxes = TileGrid.layout(out_h, out_w, side)
+        window = self._upsampled_window if upsample else self._window
+        tiles = []
+        for box in boxes:
+            win = window(
+                sources,
+                box.y0 * stride - padding, (box.y1 - 1) * stride - padding + kernel,
+                box.x0 * stride - padding, (box.x1 - 1) * stride - padding + kernel,
+                pre,
+            )
+            out = F.conv2d(win, conv.weight, conv.bias, stride=stride)
+            if finish is not None:
+                out = finish(out, box)
+            tiles.append(self._store(out, sources[0].tiles[0]))
+        return TileGrid(out_h, out_w, out_stride, side, tiles)
+
+    def pointwise_conv(self, grid: TileGrid, conv: nn.Conv2d) -> TileGrid:
+        return self.pointwise(lambda t: F.conv2d(t, conv.weight, conv.bias), grid)
+
+    # --- blocks ------------------------------------------------------------------------------------
+
+    def _residual_block(self, sources: Sequence[TileGrid], norm1, conv1, norm2, conv2, shortcut: nn.Conv2d | None) -> TileGrid:
+        h = self.conv(sources, conv1, pre=self.norm_silu(sources, norm1))
+
+        def add_skip(out: torch.Tensor, box: Box) -> torch.Tensor:
+            x = torch.cat([s.read(box, self.device) for s in sources], dim=1)
+            skip = x if shortcut is None else F.conv2d(x, shortcut.weight, shortcut.bias)
+            return skip + out
+
+        return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip)
+
+    def resnet(self, block: ResnetBlock, x: TileGrid) -> TileGrid:
+        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.nin_shortcut)
+
+    def fusion_resblock(self, block: FusionResBlock, sources: Sequence[TileGrid]) -> TileGrid:
+        return self._residual_block(sources, block.norm1, block.conv1, block.norm2, block.conv2, block.conv_out)
+
+    def attention(self, attn: AttnBlock, x: TileGrid) -> TileGrid:
+        # global over all positions: run whole at this (1/8) resolution, then split again
+        whole = attn(self.gather(x))
+        return self.split(self._store(whole, x.tiles[0]), x.stride)
+
+    def mid(self, mid: nn.Module, x: TileGrid) -> TileGrid:
+        return self.resnet(mid.block_2, self.attention(mid.attn_1, self.resnet(mid.block_1, x)))
+
+    def dense_block(self, rdb: ResidualDenseBlock, x: TileGrid) -> TileGrid:
+        features = [x]
+        for conv in rdb.convs[:-1]:
+            features.append(self.conv(features, conv, finish=lambda out, _box: F.leaky_relu(out, RRDB_LEAKY_SLOPE)))
+        return self.conv(
+            features, rdb.conv5, finish=lambda out, box: x.read(box, self.device) + RRDB_RESIDUAL_SCALE * out
+        )
+
+    def rrdb(self, block: RRDB, x: TileGrid) -> TileGrid:
+        h = self.dense_block(block.rdb3, self.dense_block(block.rdb2, self.dense_block(block.rdb1, x)))
+        return self.pointwise(lambda a, b: a + RRDB_RESIDUAL_SCALE * b, x, h)
+
+    def fusion(self, layer: FusionLayer, enc: TileGrid, dec: TileGrid, w: float) -> TileGrid:
+        e = self.fusion_resblock(layer.encode_enc_1, [enc, dec])  # encoder feature first, as upstream
+        for block in layer.encode_enc_2:
+            e = self.rrdb(block, e)
+        e = self.fusion_resblock(layer.encode_enc_3, [e])
+        return self.pointwise(lambda d, r: d + w * r, dec, e)
+
+
+@torch.no_grad()
+def tiled_encode(
+    vae: Autoencoder, x: torch.Tensor, tile: int, *, storage_device: torch.device | str | None = None
+) -> tuple[DiagonalGaussian, list[torch.Tensor]]:
+    """`vae.encode_with_features(x)` computed tile by tile; `tile` is the tile side in image pixels.
+
+    Results (posterior and CFW encoder features) are returned on `storage_device` (default: x's device).
+    """
+    run = _TiledRunner(vae, tile, torch.device(storage_device) if storage_device is not None else None)
+    encoder = vae.encoder
+    h = run.conv([run.split(x, 1)], encoder.conv_in)
+    features: list[TileGrid] = []
+    for level, stage in enumerate(encoder.down):
+        for block in stage.block:
+            h = run.resnet(block, h)
+        if level in encoder.feature_levels:
+            features.append(h)
+        if stage.downsample is not None:
+            h = run.conv([h], stage.downsample.conv, pad_end=stage.downsample.PAD_RIGHT_BOTTOM[1])
+    h = run.mid(encoder.mid, h)
+    moments = run.conv([h], encoder.conv_out, pre=run.norm_silu([h], encoder.norm_out))
+    moments = run.pointwise_conv(moments, vae.quant_conv)
+    out_device = run.storage if run.storage is not None else x.device
+    posterior = DiagonalGaussian.from_moments(run.gather(moments).to(out_device))
+    return posterior, [run.gather(f).to(out_device) for f in features]
+
+
+@torch.no_grad()
+def tiled_decode(
+    vae: Autoencoder,
+    z_raw: torch.Tensor,
+    tile: int,
+    enc_features: list[torch.Tensor] | None = None,
+    w: float = 0.0,
+    *,
+    storage_device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`vae.decode(z_raw, enc_features, w)` computed tile by tile; `tile` is the tile side in output pixels.
+
+    As in `Autoencoder.decode`, w == 0 skips the CFW fusion branch (identical unless it is non-finite).
+    """
+    run = _TiledRunner(vae, tile, torch.device(storage_device) if storage_device is not None else None)
+    decoder = vae.decoder
+    w = float(w)
+    fuse = bool(decoder.fusion_levels) and w != 0.0
+    if fuse and (enc_features is None or len(enc_features) < max(decoder.fusion_levels)):
+        raise ValueError(f"CFW decode with w={w} needs the encoder features of levels {list(decoder.fusion_levels)}")
+    h = run.pointwise_conv(run.split(z_raw, vae.config.downscale), vae.post_quant_conv)
+    h = run.conv([h], decoder.conv_in)
+    h = run.mid(decoder.mid, h)
+    for level in reversed(range(len(decoder.up))):
+        stage = decoder.up[level]
+        for block in stage.block:
+            h = run.resnet(block, h)
+        if fuse and level in decoder.fusion_levels:
+            feature = enc_features[level - 1]
+            if tuple(feature.shape[-2:]) != (h.height, h.width):
+                raise ValueError(
+                    f"encoder feature {level - 1} is {tuple(feature.shape[-2:])}, decoder level {level} is "
+                    f"{(h.height, h.width)}: encode the low-resolution image at the output size"
+                )
+            h = run.fusion(decoder.fusion_layer(level), run.split(feature, h.stride), h, w)
+        if stage.upsample is not None:
+            h = run.conv([h], stage.upsample.conv, upsample=True)
+    out = run.conv([h], decoder.conv_out, pre=run.norm_silu([h], decoder.norm_out))
+    return run.gather(out).to(run.storage if run.storage is not None else z_raw.device)
