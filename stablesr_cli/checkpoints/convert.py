@@ -50,9 +50,14 @@ _SHOW = 5
 def sha256_file(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks (constant memory)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(chunk_bytes):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 
