@@ -117,8 +117,9 @@ def test_bad_suffix_template_is_a_usage_error(template):
         ("a.png", None, (".png", OutputFormat.PNG)),
         ("a.JPEG", None, (".JPEG", OutputFormat.JPG)),
         ("a.tif", None, (".tif", OutputFormat.TIFF)),
-        ("a.bmp", None, (".png", OutputFormat.PNG)),
+        ("a.bmp", None, (".bmp", OutputFormat.BMP)),
         ("a", None, (".png", OutputFormat.PNG)),
+        ("a.gif", None, (".png", OutputFormat.PNG)),
         ("a.png", OutputFormat.JPG, (".jpg", OutputFormat.JPG)),
         ("a.jpeg", OutputFormat.JPG, (".jpeg", OutputFormat.JPG)),
         ("a.bmp", OutputFormat.WEBP, (".webp", OutputFormat.WEBP)),
@@ -306,8 +307,11 @@ def test_destinations_are_unique_and_inside_the_output_folder(tmp_path_factory, 
 @given(names=file_names, fmt=st.sampled_from([None, *OutputFormat]), suffix=st.sampled_from(["", "_x4", None]))
 def test_no_planned_write_ever_lands_on_an_input(tmp_path_factory, names, fmt, suffix):
     folder = tmp_path_factory.mktemp("batch")
-    inputs = {touch(folder / name).stat().st_ino for name in names}
+    for name in names:
+        touch(folder / name)
     jobs = plan([folder], format=fmt, output=str(folder), suffix=suffix, overwrite=True)
+    # a scanned a_x4.png beside a.png is last run's output, not an input: replacing it is the point
+    inputs = {job.source.path.stat().st_ino for job in jobs}
     for job in jobs:
         if job.action is Action.UPSCALE and job.destination.exists():
             assert job.destination.stat().st_ino not in inputs

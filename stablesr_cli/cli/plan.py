@@ -26,12 +26,13 @@ DEFAULT_SUFFIX = "_x{scale}"
 
 
 class OutputFormat(str, Enum):
-    """The formats `--format` can write (Pillow reads more, e.g. BMP; those are written as PNG)."""
+    """The formats outputs are written in (Pillow reads more, e.g. GIF; those are written as PNG)."""
 
     PNG = "png"
     JPG = "jpg"
     WEBP = "webp"
     TIFF = "tiff"
+    BMP = "bmp"
 
 
 # Extensions a folder scan or a glob picks up: the formats people keep photos in.
@@ -44,15 +45,17 @@ _FORMAT_OF_EXTENSION = {
     ".webp": OutputFormat.WEBP,
     ".tif": OutputFormat.TIFF,
     ".tiff": OutputFormat.TIFF,
+    ".bmp": OutputFormat.BMP,
 }
 _EXTENSION_OF_FORMAT = {
     OutputFormat.PNG: ".png",
     OutputFormat.JPG: ".jpg",
     OutputFormat.WEBP: ".webp",
     OutputFormat.TIFF: ".tiff",
+    OutputFormat.BMP: ".bmp",
 }
 FALLBACK_FORMAT = OutputFormat.PNG
-"""For inputs we can read but not write (BMP, or an unknown extension): lossless and keeps alpha."""
+"""For inputs whose extension names no writable format: lossless, keeps alpha and 16 bits."""
 
 
 @dataclass(frozen=True)
@@ -283,8 +286,8 @@ def output_extension(input_path: Path | None, requested: OutputFormat | None) ->
     """Extension and format of an output named after its input.
 
     The input's own extension spelling is kept when the format stays the same (photo.JPEG ->
-    photo_x4.JPEG); a requested format uses its canonical extension; inputs we cannot write
-    (BMP, unknown) become PNG.
+    photo_x4.JPEG); a requested format uses its canonical extension; an input whose extension
+    names no writable format becomes PNG.
     """
     input_format = format_of_name(input_path) if input_path is not None else None
     chosen = requested or input_format or FALLBACK_FORMAT
