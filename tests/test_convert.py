@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,10 @@ def test_swapped_or_foreign_checkpoints_are_refused(ckpts, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
-def test_no_temporary_files_are_left(converted):
+def test_no_temporary_files_are_left_and_modes_follow_the_umask(converted, tmp_path):
     folder = converted["unet"].parent
     assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+    plain = tmp_path / "plain_file"
+    plain.write_bytes(b"")  # what any other program would create here
+    for path in converted.values():
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), path

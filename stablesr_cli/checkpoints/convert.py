@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -140,7 +141,12 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        # safetensors creates its files 0600; give ours the mode a plain open() would (umask applied)
+        with open(tmp, "wb"):
+            pass
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputPathError(f"{path}: cannot write converted weights ({exc.strerror or exc}); check the folder and free space") from None
