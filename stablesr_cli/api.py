@@ -1,0 +1,168 @@
+"""The one object the CLI and Python users hold: load the models once, upscale many images.
+
+    from stablesr_cli import Upscaler, UpscaleOptions
+    upscaler = Upscaler.from_pretrained("turbo")
+    image_sr = upscaler.upscale(Image.open("photo.png"), UpscaleOptions(scale=4, w=0.5))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, WeightsNotFoundError
+from .options import UpscaleOptions
+from .progress import ProgressEvent
+from .runtime import resolve_device, resolve_dtype
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    prediction: str = "eps"
+    native_tile: int = 64
+    """Native latent tile side: 64 for the 512-family models, 96 for 768v."""
+    default_steps: int = 200
+    default_w: float = 0.5
+
+
+class Upscaler:
+    def __init__(self, models, info: ModelInfo) -> None:
+        self.models = models
+        self.spec = info
+
+    @property
+    def device(self) -> torch.device:
+        return self.models.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike = "turbo",
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        offline: bool | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> "Upscaler":
+        """A manifest name (turbo, v2-512, v2-768v, face) or a folder of converted files.
+
+        Missing weights are downloaded and converted on first use (unless offline), with what is
+        fetched reported through `on_event`.
+        """
+        path = Path(os.fspath(model)).expanduser()
+        if path.is_dir():
+            return cls.from_folder(path, device=device, dtype=dtype)
+        from .store import ensure_model
+
+        resolved = ensure_model(os.fspath(model), offline=offline, on_event=on_event)
+        spec = resolved.spec
+        info = ModelInfo(
+            name=spec.name,
+            prediction=spec.prediction,
+            native_tile=spec.tile_size,
+            default_steps=spec.default_steps,
+            default_w=spec.default_w,
+        )
+        return cls.from_folder(resolved.folder, device=device, dtype=dtype, info=info)
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | os.PathLike, *, device: str = "auto", dtype: str = "auto", info: ModelInfo | None = None
+    ) -> "Upscaler":
+        """Load a folder written by `stablesr weights convert` (unet, time_encoder, vae, cfw, context_empty)."""
+        from .checkpoints.assemble import build_time_encoder, build_unet
+        from .checkpoints.convert import COMPONENT_FILES
+        from .checkpoints.io import read_safetensors
+        from .pipeline.schedule import Prediction
+        from .pipeline.upscale import StableSRModels
+
+        folder = Path(folder)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        needed = ("unet", "time_encoder", "vae", "cfw", "context_empty")
+        missing = [COMPONENT_FILES[n] for n in needed if not (folder / COMPONENT_FILES[n]).is_file()]
+        if missing:
+            raise WeightsNotFoundError(
+                f"{folder}: not a converted StableSR model, missing {', '.join(missing)} "
+                "(create it with `stablesr weights convert CKPT --cfw CFW_CKPT -o DIR`)"
+            )
+        loaded = {n: read_safetensors(folder / COMPONENT_FILES[n]) for n in needed}
+        unet_meta = loaded["unet"][1]
+        if info is None:
+            info = ModelInfo(
+                name=unet_meta.get("model") or folder.name,
+                prediction=unet_meta.get("prediction") or "eps",
+                native_tile=int(unet_meta.get("native_tile", 64)),
+                default_steps=int(unet_meta.get("default_steps", 200)),
+                default_w=float(unet_meta.get("default_w", 0.5)),
+            )
+        place = {"device": torch_device, "dtype": torch_dtype}
+        unet = build_unet(loaded["unet"][0], num_head_channels=int(unet_meta.get("num_head_channels", 64)), **place)
+        time_meta = loaded["time_encoder"][1]
+        time_encoder = build_time_encoder(loaded["time_encoder"][0], num_heads=int(time_meta.get("num_heads", 4)), **place)
+        sd_vae = _build_autoencoder(loaded["vae"][0], "VAE", **place)
+        cfw_vae = _build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
+        context_sd = loaded["context_empty"][0]
+        if len(context_sd) != 1:
+            raise CheckpointError(f"{folder / COMPONENT_FILES['context_empty']}: expected one tensor, found {len(context_sd)}")
+        context = next(iter(context_sd.values())).to(torch_device)
+        models = StableSRModels(
+            unet=unet,
+            time_encoder=time_encoder,
+            sd_vae=sd_vae,
+            cfw_vae=cfw_vae,
+            context=context,
+            prediction=Prediction(info.prediction),
+            native_tile=info.native_tile,
+        )
+        return cls(models, info)
+
+    def resolve_options(self, options: UpscaleOptions | None = None, **overrides) -> UpscaleOptions:
+        options = options or UpscaleOptions(w=self.spec.default_w)
+        if overrides:
+            options = dataclasses.replace(options, **overrides)
+        if options.steps is None:
+            options = dataclasses.replace(options, steps=self.spec.default_steps)
+        return options
+
+    def upscale_tensor(
+        self, img_lq: torch.Tensor, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None
+    ) -> torch.Tensor:
+        """[1, 3, H, W] in [0, 1] -> [1, 3, int(H*scale), int(W*scale)] in [0, 1] (CPU float32)."""
+        from .pipeline.noise import SeededNoise
+        from .pipeline.upscale import upscale_tensor
+
+        opts = self.resolve_options(options)
+        return upscale_tensor(img_lq, self.models, opts, SeededNoise(opts.seed), progress)
+
+    def upscale(self, image, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None, **overrides):
+        """PIL image in, PIL RGB image out (8-bit, quantised by truncation as upstream)."""
+        import numpy as np
+        from PIL import Image
+
+        from .pipeline.preprocess import to_uint8
+
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+        out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
+        return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
+
+
+def _build_autoencoder(sd, what: str, *, device, dtype):
+    from .checkpoints.assemble import load_strict
+    from .checkpoints.detect_autoencoder import infer_autoencoder_config, split_autoencoder
+    from .models.autoencoder import Autoencoder
+
+    cfg = infer_autoencoder_config(sd)
+    with torch.device("meta"):
+        module = Autoencoder(cfg)
+    load_strict(module, split_autoencoder(sd), what)
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -1,0 +1,154 @@
+"""The whole data path of one image, top to bottom, on tensors (upstream `_oldcanvas_tile`, spec 4.3).
+
+    img_lq [0,1] -> x [-1,1] -> enlarge by s, clamp -> reflect-pad to 32
+      -> per pixel patch (or whole): z_lq = SD-VAE posterior sample -> x_T = q_sample(z_lq, 999)
+         -> tiled DDPM sampling -> CFW decode with the LR image's encoder features -> colour fix
+      -> blend patches -> [0,1] -> shrink back to `scale` -> crop -> img_sr [0,1]
+
+Two autoencoders are involved: the LR latent comes from the diffusion checkpoint's own VAE (a
+posterior SAMPLE, not the mean), while the encoder features and the final decode come from the
+separate CFW checkpoint. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..options import UpscaleOptions, VaeTiling
+from ..progress import ProgressEvent
+from . import preprocess
+from .colorfix import apply_color_fix
+from .noise import NoiseSource
+from .sampler import Denoiser, LatentTiling, sample
+from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
+from .tiling import GaussianBlender, Tile, pixel_patches
+
+LATENT_SCALE = 0.18215  # SD VAE scaling factor (config scale_factor)
+
+Progress = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class StableSRModels:
+    """Everything one upscale needs, loaded once."""
+
+    unet: nn.Module
+    time_encoder: nn.Module
+    sd_vae: nn.Module
+    """The diffusion checkpoint's VAE: only its encoder is used (for the LR latent)."""
+    cfw_vae: nn.Module
+    """The CFW autoencoder: encoder features of the LR image and the final fused decode."""
+    context: torch.Tensor
+    """The empty prompt's cross-attention context [1, 77, D]."""
+    prediction: Prediction
+    native_tile: int
+    """The model's native latent tile side (64 for the 512 models, 96 for 768v)."""
+
+    @property
+    def vae_downscale(self) -> int:
+        return self.cfw_vae.config.downscale
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+
+def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
+    down = models.vae_downscale
+    tile = opts.tile_size // down if opts.tile_size else models.native_tile
+    overlap = min(opts.tile_overlap // down, tile - 1)
+    return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch)
+
+
+def restore(
+    x_lq: torch.Tensor,
+    models: StableSRModels,
+    opts: UpscaleOptions,
+    schedule: Schedule,
+    noise: NoiseSource,
+    progress: Progress | None = None,
+    patch: int = 0,
+    total_patches: int = 1,
+) -> torch.Tensor:
+    """One full StableSR run on an image (or pixel patch) in [-1, 1] whose sides suit the VAEs -> [-1, 1]."""
+    device, dtype = models.device, models.dtype
+    noise.reseed()  # every image and every pixel patch starts from the seed (spec 4.11)
+    report = progress or (lambda event: None)
+    report(ProgressEvent("encode", patch=patch, total_patches=total_patches))
+    x = x_lq.to(device=device, dtype=dtype)
+    lean = opts.vae_tiling is VaeTiling.LEAN
+    if lean:
+        from .vae_tiling import tiled_decode, tiled_encode
+
+        posterior, _ = tiled_encode(models.sd_vae, x, opts.vae_tile_size)
+    else:
+        posterior = models.sd_vae.encode(x)
+    eps_posterior = noise.draw(tuple(posterior.mean.shape)).to(device=device, dtype=posterior.mean.dtype)
+    z_lq = (posterior.sample(eps_posterior) * LATENT_SCALE).float()  # [1, 4, h, w]
+    z_start = q_sample_start(z_lq, noise.draw(tuple(z_lq.shape), channels_last=True).to(device))
+
+    def on_event(event: ProgressEvent) -> None:
+        report(ProgressEvent(event.stage, event.step, event.total_steps, event.tile, event.total_tiles,
+                             patch, total_patches))
+
+    denoiser = Denoiser(models.unet, models.time_encoder, models.context, models.prediction)
+    z0 = sample(denoiser, z_start, z_lq, schedule, noise, latent_tiling(models, opts), on_event)
+    report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
+    z_raw = (z0 / LATENT_SCALE).to(dtype)
+    if lean:
+        _, features = tiled_encode(models.cfw_vae, x, opts.vae_tile_size)
+        x_sr = tiled_decode(models.cfw_vae, z_raw, opts.vae_tile_size, features, opts.w)
+    else:
+        _, features = models.cfw_vae.encode_with_features(x)
+        x_sr = models.cfw_vae.decode(z_raw, features, opts.w)
+    return apply_color_fix(opts.color_fix, x_sr.float(), x_lq.to(device=device, dtype=torch.float32))
+
+
+@torch.no_grad()
+def upscale_tensor(
+    img_lq: torch.Tensor,
+    models: StableSRModels,
+    opts: UpscaleOptions,
+    noise: NoiseSource,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """img_lq [1, 3, H, W] in [0, 1] -> img_sr [1, 3, int(H*scale), int(W*scale)] in [0, 1]."""
+    if img_lq.ndim != 4 or img_lq.shape[:2] != (1, 3):
+        raise ValueError(f"expected one RGB image [1, 3, H, W], got shape {tuple(img_lq.shape)}")
+    height, width = img_lq.shape[-2:]
+    steps = opts.steps if opts.steps is not None else 200
+    schedule = respaced_schedule(steps)
+    tiling = latent_tiling(models, opts)
+    min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
+    x = img_lq.to(torch.float32) * 2.0 - 1.0
+    x, s = preprocess.prepare_input(x, opts.scale, min_side)
+    enlarged_hw = tuple(x.shape[-2:])
+    x, _, _ = preprocess.pad_reflect_32(x)
+    padded_h, padded_w = x.shape[-2:]
+
+    split = opts.vae_tiling is VaeTiling.UPSTREAM and max(padded_h, padded_w) > opts.vae_tile_size
+    if split:  # upstream's pixel patches: each one a complete run, blended with Gaussian weights
+        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.vae_tile_stride)
+    else:
+        patches = [Tile(0, 0, padded_h, padded_w)]
+    blender = GaussianBlender((1, 3, padded_h, padded_w), dtype=torch.float32, device=models.device)
+    for k, tile in enumerate(patches):
+        x_sr = restore(x[tile.slices], models, opts, schedule, noise, progress, k, len(patches))
+        if len(patches) == 1:
+            result = x_sr
+            break
+        blender.add(tile, x_sr)
+    else:
+        result = blender.result()
+    img = preprocess.to_unit_range(result.float())
+    img = preprocess.finish_output(img, s, opts.scale, enlarged_hw)
+    # the shrink path rounds twice (int(int(H*s)*scale/s)); land exactly on the promised size
+    return preprocess.resize_to(img, int(height * opts.scale), int(width * opts.scale)).cpu()
