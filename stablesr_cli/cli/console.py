@@ -27,16 +27,21 @@ def make_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def error_line(subject: str, problem: str) -> str:
-    """`stablesr: <subject>: <problem>`, where the problem does not repeat the subject.
+def describe(subject: str, problem: str) -> str:
+    """`<subject>: <problem>` on one line, where the problem does not repeat the subject.
 
     Library errors often already start with the file they are about ("a.png: not an image ...");
     printing the subject twice would be noise.
     """
     problem = problem.strip().splitlines()[0] if problem.strip() else "failed"
     if subject and not problem.startswith(subject):
-        return f"{PROGRAM}: {subject}: {problem}"
-    return f"{PROGRAM}: {problem}"
+        return f"{subject}: {problem}"
+    return problem
+
+
+def error_line(subject: str, problem: str) -> str:
+    """`stablesr: <subject>: <problem>`: the one line an expected failure prints."""
+    return f"{PROGRAM}: {describe(subject, problem)}"
 
 
 def print_line(console: Console, text: str, style: str | None = None) -> None:
@@ -141,9 +146,12 @@ class RunProgress:
             self._progress.update(self._within, description=label, completed=0, total=1, visible=True)
 
     def on_event(self, event: ProgressEvent) -> None:
-        if self._progress is not None:
+        if self._progress is None:
+            return
+        if event.total_steps:  # only sampling events know the amount of work; the others just name the stage
             done, total = work_done(event)
-            self._progress.update(self._within, description=describe_event(event), completed=done, total=total)
+            self._progress.update(self._within, completed=done, total=total)
+        self._progress.update(self._within, description=describe_event(event))
 
     def finish_image(self) -> None:
         if self._progress is not None:
@@ -185,7 +193,7 @@ def print_summary(console: Console, outcomes: Sequence[Outcome], *, seconds: flo
     if failed:
         print_line(console, "failed:", style="red")
         for o in failed:
-            print_line(console, f"  {o.input}: {o.error}")
+            print_line(console, "  " + describe(o.input, o.error or "failed"))
 
 
 def stderr_json_lines() -> JsonLines:

@@ -199,6 +199,8 @@ class _Report:
         self.json_sink = json_sink
         self.human = human
         self.quiet = quiet
+        self.live = False
+        """True while progress bars are drawn; they and the summary table replace per-image lines."""
         self.outcomes: list[Outcome] = []
 
     @property
@@ -206,7 +208,10 @@ class _Report:
         """Progress, per-image lines and the summary."""
         return self.human and not self.quiet
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, *, listing: bool = False) -> None:
+        """Record one image's fate. Errors always print; a finished image prints a line only when
+        no progress bars are drawn (logs, CI); skips print only in a --dry-run listing, so that
+        resuming a 10,000-image run does not scroll 10,000 lines."""
         self.outcomes.append(outcome)
         if self.json_sink is not None:
             self.json_sink.write(outcome)
@@ -216,9 +221,9 @@ class _Report:
             print_line(self.console, error_line(outcome.input, outcome.error or "failed"), style="red")
         elif self.quiet:
             return
-        elif outcome.status is Status.SKIPPED:
+        elif outcome.status is Status.SKIPPED and listing:
             print_line(self.console, f"skipped {outcome.input}: {outcome.error}", style="dim")
-        elif outcome.status is Status.DONE:
+        elif outcome.status is Status.DONE and not self.live:
             size = f"{outcome.size[0]}x{outcome.size[1]}, " if outcome.size else ""
             print_line(self.console, f"{outcome.input} -> {outcome.output} ({size}{format_seconds(outcome.seconds)})")
 
@@ -237,7 +242,7 @@ class _Report:
                 if self.human:
                     print_line(self.console, f"would upscale {job.label} -> {job.destination_label}")
             else:
-                self.add(_outcome_of_plan(job))
+                self.add(_outcome_of_plan(job), listing=True)
         counts = {action: sum(j.action is action for j in jobs) for action in Action}
         if self.human:
             print_line(
@@ -286,10 +291,9 @@ class _Batch:
         self.stdout = stdout
         self.inputs = input_identities(j.source for j in jobs if j.source is not None)
         self.upscaler: Upscaler | None = None
+        report.live = report.chatty and report.console.is_terminal
         self.progress = RunProgress(
-            report.console,
-            total_images=sum(j.action is Action.UPSCALE for j in jobs),
-            enabled=report.chatty and report.console.is_terminal,
+            report.console, total_images=sum(j.action is Action.UPSCALE for j in jobs), enabled=report.live
         )
 
     def run(self) -> int:

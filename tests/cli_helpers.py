@@ -1,0 +1,197 @@
+"""Shared pieces of the CLI tests: a tiny converted model, small real images of every kind, runners.
+
+The tiny model is made the way a user makes one: tiny official-layout checkpoints
+(tests/tiny_checkpoints.py) converted by the function behind `stablesr weights convert` into a
+folder of safetensors files, which the tests pass as `--model DIR`. It is built once per test
+session (about ten seconds) and shared by every CLI test module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from stablesr_cli.cli import app
+from stablesr_cli.imaging.io import read_picture, write_picture
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+
+SR_CKPT, CFW_CKPT = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+# The tiny text tower is 16 wide to match the tiny UNet's context_dim; open_clip's heads are 64
+# wide, so its head count (4) has to be told to the converter, which `stablesr weights convert`
+# has no option for: the fixture calls the same convert function that command calls.
+TEXT_WIDTH, TEXT_HEADS = 16, 4
+TINY_UNET_HEAD_CHANNELS = "16"  # the golden tiny UNet's num_head_channels (tests/fixtures/golden/01_unet)
+
+# Keeps a tiny-model upscale near a second on CPU: 2 steps, 2x, and the smallest diffusion tile
+# (64 px, so small inputs are enlarged to 64 px at most).
+FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64", "--tile-overlap", "0"]
+
+_tiny_model: Path | None = None
+
+
+def tiny_model_folder(tmp_path_factory) -> Path:
+    """A converted tiny model folder, built on first use and reused for the rest of the session."""
+    global _tiny_model
+    if _tiny_model is None:
+        from stablesr_cli.checkpoints.convert import convert_checkpoint
+        from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
+
+        work = tmp_path_factory.mktemp("tiny_model")
+        write_tiny_sr_ckpt(work / SR_CKPT, text_width=TEXT_WIDTH)
+        write_tiny_cfw_ckpt(work / CFW_CKPT)
+        folder = work / "converted"
+        convert_checkpoint(
+            work / SR_CKPT, folder, cfw=work / CFW_CKPT, model="turbo", prediction="eps", text_heads=TEXT_HEADS
+        )
+        _record_tiny_head_width(folder / "unet.safetensors")
+        _tiny_model = folder
+    return _tiny_model
+
+
+def _record_tiny_head_width(unet_file: Path) -> None:
+    """Write the tiny UNet's attention head width into its metadata.
+
+    Official SD 2.x UNets use 64-wide heads, which the loader assumes when the file says nothing;
+    the golden tiny UNet has 32 channels and 16-wide heads, which no tensor shape reveals, and
+    `stablesr weights convert` has no option for it. `Upscaler.from_folder` reads
+    `num_head_channels` from the UNet file's metadata.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(unet_file), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    metadata["num_head_channels"] = TINY_UNET_HEAD_CHANNELS
+    save_file(load_file(str(unet_file)), str(unet_file), metadata=metadata)
+
+
+# ----------------------------------------------------------------- images
+
+
+def crop_fixture(name: str, destination: Path, *, width: int = 40, height: int = 32, format: str | None = None) -> Path:
+    """A small crop of a real fixture image that keeps its traits: grey, alpha, 16 bits, ICC, EXIF, DPI.
+
+    Cropped through our own reader and writer, since Pillow's crop-and-save drops 16-bit colour and
+    metadata.
+    """
+    picture = read_picture(IMAGES / name)
+    top, left = (picture.height - height) // 2, (picture.width - width) // 2
+    window = (slice(top, top + height), slice(left, left + width))
+    small = dataclasses.replace(
+        picture,
+        rgb=np.ascontiguousarray(picture.rgb[window]),
+        alpha=None if picture.alpha is None else np.ascontiguousarray(picture.alpha[window]),
+    )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    write_picture(small, destination, format=format)
+    return destination
+
+
+def gradient(width: int = 40, height: int = 32, mode: str = "RGB") -> Image.Image:
+    """A smooth colour image with no symmetry, so a rotation or transposition shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB").convert(mode)
+
+
+def write_every_kind(folder: Path) -> dict[str, Path]:
+    """One small image of each kind people feed an upscaler, keyed by what it exercises."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = {
+        "rgb_jpeg": crop_fixture("0014.jpg", folder / "rgb.jpg"),
+        "grey_png": crop_fixture("00017_gray.png", folder / "grey.png"),
+        "grey_jpeg_exif_icc": crop_fixture("wolf_gray.jpg", folder / "wolf.jpg"),
+        "rgba_png": crop_fixture("children-alpha.png", folder / "rgba.png"),
+        "rgba16_png": crop_fixture("tree_alpha_16bit.png", folder / "tree16.png"),
+    }
+    image = gradient()
+    image.save(folder / "photo.webp", format="WEBP", quality=90)
+    image.save(folder / "scan.tiff", format="TIFF", dpi=(300, 300))
+    image.save(folder / "old.bmp", format="BMP")
+    image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(folder / "palette.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the camera was turned; upright means 90 degrees clockwise
+    image.save(folder / "rotated.jpg", format="JPEG", exif=exif.tobytes())
+    kinds.update(
+        webp=folder / "photo.webp",
+        tiff=folder / "scan.tiff",
+        bmp=folder / "old.bmp",
+        palette_png=folder / "palette.png",
+        exif_rotated_jpeg=folder / "rotated.jpg",
+    )
+    return kinds
+
+
+def write_broken_files(folder: Path) -> dict[str, Path]:
+    """Files with image names that hold no usable image, keyed by what is wrong with them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    png = png_bytes(gradient())
+    broken = {
+        "empty": folder / "empty.png",
+        "truncated": folder / "truncated.png",
+        "not_an_image": folder / "notes.jpg",
+        "corrupt": folder / "garbage.webp",
+    }
+    broken["empty"].write_bytes(b"")
+    broken["truncated"].write_bytes(png[: len(png) // 2])
+    broken["not_an_image"].write_text("shopping list: milk, eggs\n")
+    broken["corrupt"].write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8)))
+    return broken
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files an interrupted write could leave (hidden `.name.xxxx.tmp` files)."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+# ----------------------------------------------------------------- running
+
+
+def invoke(arguments: list[str], *, input: bytes | None = None):
+    """The real Typer app through CliRunner, stdout and stderr kept apart."""
+    return CliRunner().invoke(app, arguments, input=input, catch_exceptions=False)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("stablesr: ")]
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        # One thread per process: the fastest setting for tiny tensors, and fair on a shared CI box.
+        OMP_NUM_THREADS="1",
+        STABLESR_CACHE_DIR=str(tmp_path / "cache"),
+        HF_HOME=str(tmp_path / "hf"),
+        STABLESR_OFFLINE="1",
+    )
+    return env
+
+
+def run_stablesr(arguments: list[str], tmp_path: Path, *, input: bytes | None = None, timeout: float = 240):
+    """`python -m stablesr_cli ...` in a real process with real pipes."""
+    return subprocess.run(
+        [sys.executable, "-m", "stablesr_cli", *arguments],
+        input=input,
+        capture_output=True,
+        env=subprocess_env(tmp_path),
+        cwd=tmp_path,
+        timeout=timeout,
+    )
