@@ -1,0 +1,121 @@
+"""End to end through the upscale data path with tiny random-weight models (issue: the pipeline)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stablesr_cli.options import ColorFix, UpscaleOptions, VaeTiling
+from stablesr_cli.pipeline.tiling import pixel_patches
+from tiny_models import TILE_PX, tiny_upscaler
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "images"
+
+BASE = UpscaleOptions(scale=2, steps=2, tile_size=TILE_PX, tile_overlap=32, vae_tile_size=64, vae_tile_stride=48)
+
+
+def image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A smooth random image [1,3,h,w] in [0,1] (a blurred noise field: photo-like, not white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, h // 6), max(2, w // 6), generator=g)
+    return torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("scale", [2, 3.5, 4])
+@pytest.mark.parametrize("tiling", list(VaeTiling))
+def test_odd_sizes_all_scales_and_tilings(scale, tiling):
+    up = tiny_upscaler()
+    out = up.upscale_tensor(image(23, 37), dataclasses.replace(BASE, scale=scale, vae_tiling=tiling))
+    assert out.shape == (1, 3, int(23 * scale), int(37 * scale))
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_same_seed_same_image_other_seed_other_image():
+    up = tiny_upscaler()
+    a = up.upscale_tensor(image(20, 24), BASE)
+    b = up.upscale_tensor(image(20, 24), BASE)
+    c = up.upscale_tensor(image(20, 24), dataclasses.replace(BASE, seed=43))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+
+
+def test_tile_batch_does_not_change_the_result():
+    up = tiny_upscaler()
+    one = up.upscale_tensor(image(30, 50), BASE)
+    many = up.upscale_tensor(image(30, 50), dataclasses.replace(BASE, tile_batch=3))
+    assert (one - many).abs().max() < 1e-5
+
+
+def test_one_tile_equals_untiled():
+    """A latent that fits in one tile is sampled exactly as without tiling; a padded image no larger
+    than the VAE patch is processed whole, so upstream-patch and no-patch modes agree exactly."""
+    up = tiny_upscaler()
+    x = image(16, 16)
+    whole = up.upscale_tensor(x, dataclasses.replace(BASE, vae_tiling=VaeTiling.NONE, vae_tile_size=512))
+    patched_mode = up.upscale_tensor(x, dataclasses.replace(BASE, vae_tiling=VaeTiling.UPSTREAM, vae_tile_size=512))
+    assert torch.equal(whole, patched_mode)
+
+
+def test_lean_vae_tiling_matches_whole_vae():
+    """The lean tiled VAE shares exact GroupNorm statistics, so it reproduces the whole-image VAE."""
+    up = tiny_upscaler()
+    x = image(40, 56)
+    whole = up.upscale_tensor(x, dataclasses.replace(BASE, vae_tiling=VaeTiling.NONE))
+    lean = up.upscale_tensor(x, dataclasses.replace(BASE, vae_tiling=VaeTiling.LEAN, vae_tile_size=64))
+    assert (whole - lean).abs().max() < 2e-3
+
+
+def _column_steps(img: torch.Tensor) -> torch.Tensor:
+    """steps[c - 1] = mean |I[:, c] - I[:, c-1]| over rows and channels (a seam shows up as a spike)."""
+    return (img[..., 1:] - img[..., :-1]).abs().mean(dim=(0, 1, 2))
+
+
+def _seam_scores(img: torch.Tensor, borders: list[int], phase: int = 4) -> dict[int, float]:
+    """How far the step into each border column lies above the steps into the other columns of the
+    same phase, in standard deviations. The VAE's nearest upsampling gives the image a period of
+    `phase` pixels, and every tile border falls on that grid, so only same-phase columns compare."""
+    steps = _column_steps(img)
+    inside = torch.stack([steps[c - 1] for c in range(phase, img.shape[-1], phase) if c not in borders])
+    return {b: float((steps[b - 1] - inside.mean()) / inside.std()) for b in borders}
+
+
+SEAM_SIGMAS = 4.0  # a hard stitch of two independent results scores ~6.5 here; clean columns 0..2.5
+
+
+def _tile_borders(width: int, opts: UpscaleOptions) -> list[int]:
+    borders = set(range(32, width, 32))  # latent tiles: starts and ends fall on multiples of 8 latent = 32 px
+    for tile in pixel_patches(64, width, opts.vae_tile_size, opts.vae_tile_stride):
+        borders.update({tile.x, tile.x + tile.w})
+    return sorted(b for b in borders if 0 < b < width)
+
+
+@pytest.mark.parametrize("tiling", [VaeTiling.UPSTREAM, VaeTiling.LEAN])
+def test_no_seams_at_tile_borders(tiling):
+    """Across every pixel-patch and latent-tile border the image changes no more than inside tiles."""
+    up = tiny_upscaler()
+    opts = dataclasses.replace(BASE, scale=1, vae_tiling=tiling, color_fix=ColorFix.NONE)
+    out = up.upscale_tensor(image(64, 160, seed=3), opts)  # 64x160: aligned, so no padding
+    for border, score in _seam_scores(out, _tile_borders(160, opts)).items():
+        assert score <= SEAM_SIGMAS, f"seam at column {border}: {score:.1f} sigma above the inside of tiles"
+
+
+def test_seam_check_detects_a_hard_stitch():
+    """The seam statistic above is not blind: stitching two differently seeded results is caught."""
+    up = tiny_upscaler()
+    opts = dataclasses.replace(BASE, scale=1, vae_tiling=VaeTiling.NONE, color_fix=ColorFix.NONE)
+    a = up.upscale_tensor(image(64, 160, seed=3), opts)
+    b = up.upscale_tensor(image(64, 160, seed=3), dataclasses.replace(opts, seed=7))
+    stitched = torch.cat([a[..., :80], b[..., 80:]], dim=-1)
+    assert _seam_scores(stitched, [80])[80] > SEAM_SIGMAS
+
+
+def test_pil_round_trip_on_real_photo():
+    up = tiny_upscaler()
+    photo = Image.open(FIXTURES / "0014.jpg").convert("RGB").crop((0, 0, 37, 23))
+    out = up.upscale(photo, dataclasses.replace(BASE, scale=2))
+    assert out.size == (74, 46) and out.mode == "RGB"
+    assert np.asarray(out).std() > 0
