@@ -296,3 +296,20 @@ def test_missing_weights_offline_is_one_line_naming_the_fix(tmp_path):
     [line] = error_lines(result.stderr)
     assert "stablesr weights download turbo" in line
     assert not (tmp_path / "a_x2.png").exists()
+
+
+def test_readme_documents_every_upscale_option():
+    import re
+
+    import typer.main
+
+    from stablesr_cli.cli import app
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = typer.main.get_command(app).commands["upscale"]
+    options = [name for param in command.params for name in param.opts if name.startswith("--") and name != "--help"]
+    assert len(options) > 25
+    undocumented = [name for name in options if not re.search(rf"(`|, ){re.escape(name)}[ `]", readme)]
+    assert undocumented == []
+    for use in ("**One image**", "**A folder", "**A pipe**", "stablesr weights download turbo", "python -m pytest -q"):
+        assert use in readme
