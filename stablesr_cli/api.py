@@ -21,6 +21,7 @@ from .progress import ProgressEvent
 from .runtime import resolve_device, resolve_dtype
 
 ProgressCallback = Callable[[ProgressEvent], None]
+_NEEDED = ("unet", "time_encoder", "vae", "cfw", "context_empty")
 
 
 @dataclass(frozen=True)
@@ -52,53 +53,66 @@ class Upscaler:
         offline: bool | None = None,
         on_event: Callable[[str], None] | None = None,
     ) -> "Upscaler":
-        """A manifest name (turbo, v2-512, v2-768v, face) or a folder of converted files.
+        """A manifest name (turbo, v2-512, v2-768v, face), an official .ckpt, or a folder of converted files.
 
         Missing weights are downloaded and converted on first use (unless offline), with what is
         fetched reported through `on_event`.
         """
         path = Path(os.fspath(model)).expanduser()
         if path.is_dir():
-            return cls.from_folder(path, device=device, dtype=dtype)
+            from .checkpoints.convert import find_converted
+
+            components = find_converted(path)
+            if all(name in components for name in _NEEDED):
+                return cls.from_components(components, device=device, dtype=dtype)
         from .store import ensure_model
 
-        resolved = ensure_model(os.fspath(model), offline=offline, on_event=on_event)
+        def note(event) -> None:  # the store reports WeightsEvent objects; callers get their text
+            if on_event is not None and getattr(event, "kind", "") != "progress":
+                on_event(getattr(event, "message", str(event)))
+
+        resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
         spec = resolved.spec
         info = ModelInfo(
             name=spec.name,
             prediction=spec.prediction,
-            native_tile=spec.tile_size,
+            native_tile=spec.tile_latent,
             default_steps=spec.default_steps,
             default_w=spec.default_w,
         )
-        return cls.from_folder(resolved.folder, device=device, dtype=dtype, info=info)
+        return cls.from_components(resolved.components, device=device, dtype=dtype, info=info)
 
     @classmethod
-    def from_folder(
-        cls, folder: str | os.PathLike, *, device: str = "auto", dtype: str = "auto", info: ModelInfo | None = None
+    def from_components(
+        cls,
+        components: dict[str, Path],
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        info: ModelInfo | None = None,
     ) -> "Upscaler":
-        """Load a folder written by `stablesr weights convert` (unet, time_encoder, vae, cfw, context_empty)."""
+        """Load converted component files (as written by `stablesr weights convert`):
+        unet, time_encoder, vae, cfw and context_empty, each a safetensors file."""
         from .checkpoints.assemble import build_time_encoder, build_unet
-        from .checkpoints.convert import COMPONENT_FILES
         from .checkpoints.io import read_safetensors
         from .pipeline.schedule import Prediction
         from .pipeline.upscale import StableSRModels
 
-        folder = Path(folder)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        needed = ("unet", "time_encoder", "vae", "cfw", "context_empty")
-        missing = [COMPONENT_FILES[n] for n in needed if not (folder / COMPONENT_FILES[n]).is_file()]
+        missing = [name for name in _NEEDED if name not in components]
         if missing:
             raise WeightsNotFoundError(
-                f"{folder}: not a converted StableSR model, missing {', '.join(missing)} "
+                f"converted model is missing {', '.join(missing)} "
                 "(create it with `stablesr weights convert CKPT --cfw CFW_CKPT -o DIR`)"
             )
-        loaded = {n: read_safetensors(folder / COMPONENT_FILES[n]) for n in needed}
+        loaded = {name: read_safetensors(components[name]) for name in _NEEDED}
         unet_meta = loaded["unet"][1]
+        if info is None:  # a folder given by path: what the shapes cannot tell comes from metadata
+            info = _info_from_manifest(unet_meta.get("model"))
         if info is None:
             info = ModelInfo(
-                name=unet_meta.get("model") or folder.name,
+                name=unet_meta.get("model") or Path(components["unet"]).parent.name,
                 prediction=unet_meta.get("prediction") or "eps",
                 native_tile=int(unet_meta.get("native_tile", 64)),
                 default_steps=int(unet_meta.get("default_steps", 200)),
@@ -112,7 +126,7 @@ class Upscaler:
         cfw_vae = _build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
         context_sd = loaded["context_empty"][0]
         if len(context_sd) != 1:
-            raise CheckpointError(f"{folder / COMPONENT_FILES['context_empty']}: expected one tensor, found {len(context_sd)}")
+            raise CheckpointError(f"{components['context_empty']}: expected one tensor, found {len(context_sd)}")
         context = next(iter(context_sd.values())).to(torch_device)
         models = StableSRModels(
             unet=unet,
@@ -166,3 +180,15 @@ def _build_autoencoder(sd, what: str, *, device, dtype):
         module = Autoencoder(cfg)
     load_strict(module, split_autoencoder(sd), what)
     return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _info_from_manifest(name: str | None) -> ModelInfo | None:
+    """The manifest's settings for a converted folder whose metadata names an official model."""
+    if not name:
+        return None
+    from .store import load_manifest
+
+    spec = load_manifest().models.get(name)
+    if spec is None:
+        return None
+    return ModelInfo(spec.name, spec.prediction, spec.tile_latent, spec.default_steps, spec.default_w)

@@ -64,7 +64,7 @@ class StableSRModels:
 def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
     down = models.vae_downscale
     tile = opts.tile_size // down if opts.tile_size else models.native_tile
-    overlap = min(opts.tile_overlap // down, tile - 1)
+    overlap = tile // 2 if opts.tile_overlap is None else min(opts.tile_overlap // down, tile - 1)
     return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch)
 
 
