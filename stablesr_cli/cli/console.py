@@ -81,12 +81,18 @@ class Outcome:
 class JsonLines:
     """Writes one JSON object per line and flushes it, so `tail -f` and pipes see each image as it finishes."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, owned: bool = False) -> None:
         self._stream = stream
+        self._owned = owned
+        """True for a --json-file we opened (and close); False for standard error."""
 
     def write(self, outcome: Outcome) -> None:
         self._stream.write(outcome.to_json() + "\n")
         self._stream.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()
 
 
 def work_done(event: ProgressEvent) -> tuple[int, int]:

@@ -163,22 +163,27 @@ def upscale(
         raise typer.Exit(EXIT_USAGE) from None
 
     report = _Report(console, json_sink, human=not (json_lines and json_file is None), quiet=quiet)
-    if dry_run:
-        raise typer.Exit(report.dry_run(jobs))
-
-    batch = _Batch(
-        jobs, options, report,
-        model=model, device=device, dtype=dtype, offline=offline, explicit_w=w is not None,
-        quality=quality, max_pixels=_max_pixels(max_pixels), skip_existing=skip_existing, overwrite=overwrite,
-        stdout=stdout,
-    )  # fmt: skip
-    raise typer.Exit(batch.run())
+    try:
+        if dry_run:
+            exit_code = report.dry_run(jobs)
+        else:
+            batch = _Batch(
+                jobs, options, report,
+                model=model, device=device, dtype=dtype, offline=offline, explicit_w=w is not None,
+                quality=quality, max_pixels=_max_pixels(max_pixels), skip_existing=skip_existing,
+                overwrite=overwrite, stdout=stdout,
+            )  # fmt: skip
+            exit_code = batch.run()
+    finally:
+        if json_sink is not None:
+            json_sink.close()
+    raise typer.Exit(exit_code)
 
 
 def _open_json(path: Path) -> JsonLines:
     try:
         # Appended, so an interrupted run and its --skip-existing resume share one log.
-        return JsonLines(path.open("a", encoding="utf-8"))
+        return JsonLines(path.open("a", encoding="utf-8"), owned=True)
     except OSError as error:
         raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
 
@@ -221,6 +226,8 @@ class _Report:
             print_line(self.console, error_line(outcome.input, outcome.error or "failed"), style="red")
         elif self.quiet:
             return
+        elif outcome.status is Status.PLANNED:
+            print_line(self.console, f"would upscale {outcome.input} -> {outcome.output}")
         elif outcome.status is Status.SKIPPED and listing:
             print_line(self.console, f"skipped {outcome.input}: {outcome.error}", style="dim")
         elif outcome.status is Status.DONE and not self.live:
@@ -235,14 +242,7 @@ class _Report:
     def dry_run(self, jobs: list[Job]) -> int:
         """List the plan; return the exit code a real run would have if every upscale succeeded."""
         for job in jobs:
-            if job.action is Action.UPSCALE:
-                self.outcomes.append(outcome := Outcome(job.label, job.destination_label, Status.PLANNED))
-                if self.json_sink is not None:
-                    self.json_sink.write(outcome)
-                if self.human:
-                    print_line(self.console, f"would upscale {job.label} -> {job.destination_label}")
-            else:
-                self.add(_outcome_of_plan(job), listing=True)
+            self.add(_outcome_of_plan(job), listing=True)
         counts = {action: sum(j.action is action for j in jobs) for action in Action}
         if self.human:
             print_line(
@@ -264,8 +264,9 @@ class _Report:
 
 
 def _outcome_of_plan(job: Job) -> Outcome:
-    status = Status.SKIPPED if job.action is Action.SKIP else Status.FAILED
-    return Outcome(job.label, None if job.source is None else job.destination_label, status, error=job.reason)
+    """What the plan alone says about a job: planned, skipped, or failed with its reason."""
+    status = {Action.UPSCALE: Status.PLANNED, Action.SKIP: Status.SKIPPED, Action.FAIL: Status.FAILED}[job.action]
+    return Outcome(job.label, None if job.source is None else job.destination_label, status, error=job.reason or None)
 
 
 class _Batch:
