@@ -110,9 +110,11 @@ class AttnBlock(nn.Module):
         h = self.norm(x)
 
         def tokens(t: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 1, H*W, C]
-            return t.reshape(b, 1, c, height * width).transpose(2, 3)
+            # contiguous: on CPU, SDPA falls back to the math path (an (HW)^2 logits tensor, 2.3 GB at a
+            # 128x128 latent) for strided inputs; the fused kernel needs O(HW) memory
+            return t.reshape(b, 1, c, height * width).transpose(2, 3).contiguous()
 
-        # SDPA's default scale is C**-0.5, as upstream; fused kernels avoid the (HW)^2 logits tensor
+        # SDPA's default scale is C**-0.5, as upstream
         out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         out = out.transpose(2, 3).reshape(b, c, height, width)
         return x + self.proj_out(out)
