@@ -111,7 +111,10 @@ def upscale(
         Optional[int],
         typer.Option(help="Diffusion tile side in output pixels (multiple of 8). Default: the model's native size (512 or 768).", rich_help_panel=TILING, show_default=False),
     ] = DEFAULTS.tile_size,
-    tile_overlap: Annotated[int, typer.Option(help="Overlap of diffusion tiles in pixels (multiple of 8).", rich_help_panel=TILING)] = DEFAULTS.tile_overlap,
+    tile_overlap: Annotated[
+        Optional[int],
+        typer.Option(help="Overlap of diffusion tiles in pixels (multiple of 8). Default: half a tile.", rich_help_panel=TILING, show_default=False),
+    ] = DEFAULTS.tile_overlap,
     tile_batch: Annotated[int, typer.Option(help="Diffusion tiles per model call (more is faster, needs more memory).", rich_help_panel=TILING)] = DEFAULTS.tile_batch,
     vae_tiling: Annotated[
         VaeTiling,
