@@ -40,39 +40,29 @@ _tiny_model: Path | None = None
 
 
 def tiny_model_folder(tmp_path_factory) -> Path:
-    """A converted tiny model folder, built on first use and reused for the rest of the session."""
+    """A converted tiny model folder, built on first use and reused for the rest of the session.
+
+    Made the way a user makes one, with `stablesr weights convert`. The tiny networks' attention
+    head widths are not SD 2.x's (no tensor shape reveals them), hence the expert options.
+    """
     global _tiny_model
     if _tiny_model is None:
-        from stablesr_cli.checkpoints.convert import convert_checkpoint
+        from typer.testing import CliRunner
+
+        from stablesr_cli.cli import app
         from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
 
         work = tmp_path_factory.mktemp("tiny_model")
         write_tiny_sr_ckpt(work / SR_CKPT, text_width=TEXT_WIDTH)
         write_tiny_cfw_ckpt(work / CFW_CKPT)
         folder = work / "converted"
-        convert_checkpoint(
-            work / SR_CKPT, folder, cfw=work / CFW_CKPT, model="turbo", prediction="eps", text_heads=TEXT_HEADS
-        )
-        _record_tiny_head_width(folder / "unet.safetensors")
+        result = CliRunner().invoke(app, [
+            "weights", "convert", str(work / SR_CKPT), "--cfw", str(work / CFW_CKPT), "-o", str(folder),
+            "--model", "turbo", "--unet-head-channels", str(TINY_UNET_HEAD_CHANNELS), "--text-heads", str(TEXT_HEADS),
+        ])
+        assert result.exit_code == 0, result.output
         _tiny_model = folder
     return _tiny_model
-
-
-def _record_tiny_head_width(unet_file: Path) -> None:
-    """Write the tiny UNet's attention head width into its metadata.
-
-    Official SD 2.x UNets use 64-wide heads, which the loader assumes when the file says nothing;
-    the golden tiny UNet has 32 channels and 16-wide heads, which no tensor shape reveals, and
-    `stablesr weights convert` has no option for it. `Upscaler.from_folder` reads
-    `num_head_channels` from the UNet file's metadata.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(unet_file), "pt") as handle:
-        metadata = dict(handle.metadata() or {})
-    metadata["num_head_channels"] = TINY_UNET_HEAD_CHANNELS
-    save_file(load_file(str(unet_file)), str(unet_file), metadata=metadata)
 
 
 # ----------------------------------------------------------------- images

@@ -16,16 +16,6 @@ REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("STABLESR_CACHE_DIR", str(tmp_path / "stablesr"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_ENDPOINT", "STABLESR_OFFLINE",
-                "HF_HUB_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-
 def info_json() -> dict:
     result = invoke(["info", "--json"])
     assert result.exit_code == 0, result.stderr

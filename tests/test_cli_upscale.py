@@ -26,12 +26,9 @@ from stablesr_cli.imaging.io import read_picture
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("STABLESR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+def offline(isolated, monkeypatch):
+    """On top of conftest's isolated caches: never try the network from these tests."""
     monkeypatch.setenv("STABLESR_OFFLINE", "1")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -29,17 +29,6 @@ TEXT_HEADS = 4  # the tiny text tower is 16 wide
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """Every cache and credential location in tmp; nothing from the developer's environment."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("STABLESR_CACHE_DIR", str(tmp_path / "stablesr"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_ENDPOINT", "STABLESR_OFFLINE",
-                "HF_HUB_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-
 @pytest.fixture(scope="module")
 def official(tmp_path_factory) -> Path:
     """A folder holding the two files of the 'turbo' model under their official names."""

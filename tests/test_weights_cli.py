@@ -19,16 +19,6 @@ SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
 TEXT_WIDTH = 64
 
 
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("STABLESR_CACHE_DIR", str(tmp_path / "stablesr"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_ENDPOINT", "STABLESR_OFFLINE",
-                "HF_HUB_OFFLINE", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-
-
 @pytest.fixture(scope="module")
 def official(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("official")

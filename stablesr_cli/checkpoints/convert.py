@@ -194,6 +194,7 @@ def convert_sr_checkpoint(
     prediction: str | None = None,
     source_sha256: str | None = None,
     text_heads: int | None = None,
+    unet_head_channels: int | None = None,
     note: Note | None = None,
 ) -> dict[str, Path]:
     """Split a StableSR diffusion `.ckpt` into unet / time_encoder / vae / text_encoder files plus
@@ -220,7 +221,14 @@ def convert_sr_checkpoint(
         path = out_dir / COMPONENT_FILES[name]
         note(f"writing {path.name} ({len(sd)} tensors)")
         tensors = {k: _standalone(v, fp16) for k, v in sd.items()}
-        _write_safetensors(tensors, path, _metadata(name, ckpt, source_sha256, model=model, prediction=prediction, dtype=_dtypes(tensors)))
+        meta = _metadata(name, ckpt, source_sha256, model=model, prediction=prediction, dtype=_dtypes(tensors))
+        # What no tensor shape reveals is recorded where the loader looks for it; the SD 2.x
+        # defaults (64-wide UNet heads, width // 64 text heads) apply when nothing is recorded.
+        if name == "unet" and unet_head_channels:
+            meta["num_head_channels"] = str(unet_head_channels)
+        if name == "text_encoder" and text_heads:
+            meta["heads"] = str(text_heads)
+        _write_safetensors(tensors, path, meta)
         written[name] = path
     path = out_dir / COMPONENT_FILES["context_empty"]
     _write_safetensors(
@@ -268,11 +276,13 @@ def convert_checkpoint(
     model: str | None = None,
     prediction: str | None = None,
     text_heads: int | None = None,
+    unet_head_channels: int | None = None,
     note: Note | None = None,
 ) -> dict[str, Path]:
     """`stablesr weights convert`: the diffusion checkpoint and, if given, its CFW checkpoint into one folder."""
     written = convert_sr_checkpoint(
-        ckpt, out_dir, fp16=fp16, keep_ema=keep_ema, model=model, prediction=prediction, text_heads=text_heads, note=note
+        ckpt, out_dir, fp16=fp16, keep_ema=keep_ema, model=model, prediction=prediction, text_heads=text_heads,
+        unet_head_channels=unet_head_channels, note=note
     )
     if cfw is not None:
         written["cfw"] = convert_cfw_checkpoint(cfw, out_dir, fp16=fp16, model=model, note=note)

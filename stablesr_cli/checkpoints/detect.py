@@ -71,6 +71,13 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], *, num_head_channels: int 
     channels, num_res, attn_levels = _levels(sd, what, "proj_in.weight")
     if any(c % mc for c in channels):
         raise CheckpointError(f"{what}: level channels {channels} are not multiples of {mc}")
+    odd = [c for c in channels if c % num_head_channels]
+    if odd:
+        raise CheckpointError(
+            f"{what}: channels {odd} are not multiples of the attention head width {num_head_channels} "
+            "(SD 2.x uses 64); a non-standard model needs its head width recorded at conversion "
+            "(`stablesr weights convert --unet-head-channels N`)"
+        )
     st = "middle_block.1."
     proj_in = _shape(sd, st + "proj_in.weight", what)
     if len(proj_in) != 2:

@@ -178,6 +178,16 @@ def convert(
         Optional[str],
         typer.Option("--model", help="Which model this is (turbo, v2-512, v2-768v, face); guessed from official file names."),
     ] = None,
+    prediction: Annotated[
+        Optional[str],
+        typer.Option("--prediction", help="eps or v, for a checkpoint that is not an official model (default: the model's, else eps)."),
+    ] = None,
+    unet_head_channels: Annotated[
+        Optional[int], typer.Option("--unet-head-channels", hidden=True, help="UNet attention head width if not SD 2.x's 64.")
+    ] = None,
+    text_heads: Annotated[
+        Optional[int], typer.Option("--text-heads", hidden=True, help="Text tower heads if not width // 64.")
+    ] = None,
 ) -> None:
     """Split an official checkpoint into one safetensors file per component (unet, time_encoder, vae,
     text_encoder, cfw) plus the precomputed empty-prompt context, without running pickled code."""
@@ -187,6 +197,8 @@ def convert(
     if model is not None and model not in manifest.models:
         raise _fail(f"unknown --model '{model}'; choose from {', '.join(manifest.models)}", code=2)
     spec = manifest.models[model] if model else manifest.model_for_file(ckpt.name)
+    if prediction is not None and prediction not in ("eps", "v"):
+        raise _fail(f"--prediction must be eps or v, got '{prediction}'", code=2)
     console = _stderr()
 
     def note(line: str) -> None:
@@ -197,7 +209,8 @@ def convert(
     try:
         written = convert_checkpoint(
             ckpt, output, cfw=cfw, fp16=fp16, keep_ema=keep_ema,
-            model=spec.name if spec else None, prediction=spec.prediction if spec else None, note=note,
+            model=spec.name if spec else None, prediction=prediction or (spec.prediction if spec else None),
+            text_heads=text_heads, unet_head_channels=unet_head_channels, note=note,
         )
     except StableSRError as exc:
         raise _fail(str(exc)) from None

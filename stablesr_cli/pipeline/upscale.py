@@ -88,7 +88,10 @@ def restore(
     if lean:
         from .vae_tiling import tiled_decode, tiled_encode
 
-        posterior, _ = tiled_encode(models.sd_vae, x, opts.vae_tile_size)
+        # on an accelerator the full-resolution activations between GroupNorm sync points wait in
+        # host memory, so device memory scales with the tile, not the image
+        storage = torch.device("cpu") if device.type != "cpu" else None
+        posterior, _ = tiled_encode(models.sd_vae, x, opts.vae_tile_size, storage_device=storage)
     else:
         posterior = models.sd_vae.encode(x)
     eps_posterior = noise.draw(tuple(posterior.mean.shape)).to(device=device, dtype=posterior.mean.dtype)
@@ -104,8 +107,8 @@ def restore(
     report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
     z_raw = (z0 / LATENT_SCALE).to(dtype)
     if lean:
-        _, features = tiled_encode(models.cfw_vae, x, opts.vae_tile_size)
-        x_sr = tiled_decode(models.cfw_vae, z_raw, opts.vae_tile_size, features, opts.w)
+        _, features = tiled_encode(models.cfw_vae, x, opts.vae_tile_size, storage_device=storage)
+        x_sr = tiled_decode(models.cfw_vae, z_raw, opts.vae_tile_size, features, opts.w, storage_device=storage)
     else:
         _, features = models.cfw_vae.encode_with_features(x)
         x_sr = models.cfw_vae.decode(z_raw, features, opts.w)
