@@ -93,7 +93,7 @@ class Upscaler:
     ) -> "Upscaler":
         """Load converted component files (as written by `stablesr weights convert`):
         unet, time_encoder, vae, cfw and context_empty, each a safetensors file."""
-        from .checkpoints.assemble import build_time_encoder, build_unet
+        from .checkpoints.assemble import build_autoencoder, build_time_encoder, build_unet
         from .checkpoints.io import read_safetensors
         from .pipeline.schedule import Prediction
         from .pipeline.upscale import StableSRModels
@@ -122,8 +122,8 @@ class Upscaler:
         unet = build_unet(loaded["unet"][0], num_head_channels=int(unet_meta.get("num_head_channels", 64)), **place)
         time_meta = loaded["time_encoder"][1]
         time_encoder = build_time_encoder(loaded["time_encoder"][0], num_heads=int(time_meta.get("num_heads", 4)), **place)
-        sd_vae = _build_autoencoder(loaded["vae"][0], "VAE", **place)
-        cfw_vae = _build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
+        sd_vae = build_autoencoder(loaded["vae"][0], "VAE", **place)
+        cfw_vae = build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
         context_sd = loaded["context_empty"][0]
         if len(context_sd) != 1:
             raise CheckpointError(f"{components['context_empty']}: expected one tensor, found {len(context_sd)}")
@@ -168,18 +168,6 @@ class Upscaler:
         img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
         return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
-
-
-def _build_autoencoder(sd, what: str, *, device, dtype):
-    from .checkpoints.assemble import load_strict
-    from .checkpoints.detect_autoencoder import infer_autoencoder_config, split_autoencoder
-    from .models.autoencoder import Autoencoder
-
-    cfg = infer_autoencoder_config(sd)
-    with torch.device("meta"):
-        module = Autoencoder(cfg)
-    load_strict(module, split_autoencoder(sd), what)
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def _info_from_manifest(name: str | None) -> ModelInfo | None:

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stablesr_cli.checkpoints.assemble import load_strict
+from stablesr_cli.checkpoints.assemble import build_autoencoder, load_strict
 from stablesr_cli.checkpoints.detect_autoencoder import (
-    autoencoder_from_state_dict,
     infer_autoencoder_config,
     split_autoencoder,
 )
@@ -113,7 +112,7 @@ def test_strict_load_names_the_offending_keys():
 
 def test_meta_build_and_load_reproduces_the_module():
     source = _random_vae(TINY_CONFIGS[1])
-    loaded = autoencoder_from_state_dict(source.state_dict())
+    loaded = build_autoencoder(source.state_dict())
     x = torch.rand(1, 3, 16, 24) * 2 - 1
     with torch.no_grad():
         want_post, want_feat = source.encode_with_features(x)
@@ -128,7 +127,7 @@ def test_meta_build_and_load_reproduces_the_module():
 def test_cfw_with_zero_weight_equals_plain_decoder():
     cfw = _random_vae(TINY_CONFIGS[2], seed=3)
     plain_sd = {k: v for k, v in cfw.state_dict().items() if not k.startswith("decoder.fusion_layer_")}
-    plain = autoencoder_from_state_dict(plain_sd)
+    plain = build_autoencoder(plain_sd)
     assert not plain.config.is_cfw
     x = torch.rand(1, 3, 24, 40) * 2 - 1
     with torch.no_grad():

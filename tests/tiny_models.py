@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import torch
 
-from stablesr_cli.api import Upscaler, ModelInfo, _build_autoencoder
-from stablesr_cli.checkpoints.assemble import build_time_encoder, build_unet
+from stablesr_cli.api import ModelInfo, Upscaler
+from stablesr_cli.checkpoints.assemble import build_autoencoder, build_time_encoder, build_unet
 from stablesr_cli.pipeline.schedule import Prediction
 from stablesr_cli.pipeline.upscale import StableSRModels
 from tiny_checkpoints import golden_weights
@@ -29,8 +29,8 @@ def tiny_models(prediction: str = "eps") -> StableSRModels:
     return StableSRModels(
         unet=build_unet(golden_weights("01_unet.safetensors"), num_head_channels=UNET_HEAD_CHANNELS, **place),
         time_encoder=build_time_encoder(golden_weights("02_structcond.safetensors"), num_heads=4, **place),
-        sd_vae=_build_autoencoder(vae, "VAE", **place),
-        cfw_vae=_build_autoencoder(cfw, "CFW autoencoder", **place),
+        sd_vae=build_autoencoder(vae, "VAE", **place),
+        cfw_vae=build_autoencoder(cfw, "CFW autoencoder", **place),
         context=torch.randn(1, 77, 16, generator=torch.Generator().manual_seed(7)),
         prediction=Prediction(prediction),
         native_tile=TILE_PX // 4,

@@ -72,6 +72,17 @@ def build_time_encoder(sd: Mapping[str, torch.Tensor], *, num_heads: int = 4, de
     return _build(lambda: TimeAwareEncoder(cfg), ours, "time-aware encoder", device, dtype)
 
 
+def build_autoencoder(sd: Mapping[str, torch.Tensor], what: str = "autoencoder", *, device="cpu", dtype=torch.float32):
+    """The SD VAE or the CFW autoencoder (fusion layers detected from the keys), with or without
+    `first_stage_model.`; a CFW checkpoint's training-only `loss.*` keys are dropped."""
+    from ..models.autoencoder import Autoencoder
+    from .detect_autoencoder import infer_autoencoder_config, split_autoencoder
+
+    own = split_autoencoder(sd)
+    cfg = infer_autoencoder_config(own)
+    return _build(lambda: Autoencoder(cfg), own, what, device, dtype)
+
+
 def build_text_encoder(sd: Mapping[str, torch.Tensor], *, heads: int | None = None, device="cpu", dtype=torch.float32):
     """The OpenCLIP text tower from its upstream state dict (with or without `cond_stage_model.model.`)."""
     from ..models.text_encoder import TextEncoder

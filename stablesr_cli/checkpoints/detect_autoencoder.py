@@ -12,8 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from ..errors import CheckpointError
-from ..models.autoencoder import Autoencoder, AutoencoderConfig
-from .assemble import load_strict
+from ..models.autoencoder import AutoencoderConfig
 from .keymap import COMPONENT_PREFIXES, IGNORED_PREFIXES, StateDict, strip_prefix
 
 _REQUIRED = (
@@ -97,12 +96,3 @@ def infer_autoencoder_config(sd: Mapping[str, torch.Tensor]) -> AutoencoderConfi
         )
     except ValueError as exc:
         raise CheckpointError(f"unsupported autoencoder layout: {exc}") from exc
-
-
-def autoencoder_from_state_dict(sd: Mapping[str, torch.Tensor], what: str = "autoencoder") -> Autoencoder:
-    """Detect the config, build on the meta device and load strictly (the tensors are taken as they are)."""
-    own = split_autoencoder(sd)
-    with torch.device("meta"):
-        model = Autoencoder(infer_autoencoder_config(own))
-    load_strict(model, own, what)
-    return model.eval()

@@ -216,7 +216,8 @@ def convert(
         raise _fail(str(exc)) from None
     for name, path in written.items():
         note(f"{name}: {path}")
-    if spec is None:
-        note(f"{ckpt.name} is not an official file name: pass --model NAME so that the files record eps/v and the tile size")
+    if spec is None and prediction is None:
+        note(f"{ckpt.name} is not an official file name: pass --model NAME (or --prediction eps|v) so that "
+             "the files record how the model predicts; eps was assumed")
     elif cfw is None:
         note(f"no --cfw given: {spec.cfw_file.filename} will be fetched on first use")

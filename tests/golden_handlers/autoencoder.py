@@ -9,7 +9,7 @@ import re
 import torch
 
 from golden_support import GoldenCase, handles
-from stablesr_cli.checkpoints.detect_autoencoder import autoencoder_from_state_dict
+from stablesr_cli.checkpoints.assemble import build_autoencoder
 from stablesr_cli.models.autoencoder import LATENT_SCALE
 
 
@@ -27,7 +27,7 @@ def weight_tag(w: float) -> str:
 
 @handles("ldm.models.autoencoder.AutoencoderKL.encode/decode")
 def sd_vae(case: GoldenCase) -> dict[str, torch.Tensor]:
-    vae = autoencoder_from_state_dict(_case_weights(case), case.name)
+    vae = build_autoencoder(_case_weights(case), case.name)
     scale = float(case.metadata.get("scale_factor", LATENT_SCALE))
     assert scale == LATENT_SCALE, f"{case.name}: scale_factor {scale} != {LATENT_SCALE}"
     with torch.no_grad():
@@ -43,7 +43,7 @@ def sd_vae(case: GoldenCase) -> dict[str, torch.Tensor]:
 
 @handles("ldm.models.autoencoder.AutoencoderKLResi.encode/decode")
 def cfw_vae(case: GoldenCase) -> dict[str, torch.Tensor]:
-    vae = autoencoder_from_state_dict(_case_weights(case), case.name)
+    vae = build_autoencoder(_case_weights(case), case.name)
     assert vae.config.is_cfw, f"{case.name}: weights have no fusion layers"
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
