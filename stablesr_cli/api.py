@@ -180,3 +180,27 @@ def _info_from_manifest(name: str | None) -> ModelInfo | None:
     if spec is None:
         return None
     return ModelInfo(spec.name, spec.prediction, spec.tile_latent, spec.default_steps, spec.default_w)
+
+
+def tqdm_progress(desc: str = "stablesr") -> ProgressCallback:
+    """A ready-made progress callback for Python users: one tqdm bar over the sampling steps
+    (`tqdm.auto`, so it renders in notebooks and terminals). The CLI draws its own with Rich."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def report(event: ProgressEvent) -> None:
+        nonlocal bar
+        if event.stage != "sample" or not event.total_steps:
+            return
+        if bar is None or bar.total != event.total_steps or event.step < bar.n:
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=event.total_steps, desc=desc, unit="step")
+        bar.update(event.step - bar.n)
+        if event.tile and event.total_tiles:
+            bar.set_postfix_str(f"tile {event.tile}/{event.total_tiles}")
+        if event.step == event.total_steps and not event.total_tiles:
+            bar.close()
+
+    return report

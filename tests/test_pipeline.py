@@ -119,3 +119,20 @@ def test_pil_round_trip_on_real_photo():
     out = up.upscale(photo, dataclasses.replace(BASE, scale=2))
     assert out.size == (74, 46) and out.mode == "RGB"
     assert np.asarray(out).std() > 0
+
+
+def test_progress_reports_every_step_and_tile(capsys):
+    from stablesr_cli.api import tqdm_progress
+
+    events = []
+    up = tiny_upscaler()
+    up.upscale_tensor(image(30, 50), BASE, progress=events.append)
+    done = [e for e in events if e.stage == "sample" and not e.total_tiles]
+    patches = done[0].total_patches
+    assert patches > 1  # BASE splits this image into pixel patches: each one reports its own steps
+    assert [(e.patch, e.step) for e in done] == [(k, s) for k in range(patches) for s in (1, 2)]
+    tiles = [e for e in events if e.stage == "sample" and e.total_tiles]
+    assert tiles and tiles[-1].tile == tiles[-1].total_tiles
+    assert {e.stage for e in events} >= {"encode", "sample", "decode"}
+    up.upscale_tensor(image(30, 50), BASE, progress=tqdm_progress())
+    assert "2/2" in capsys.readouterr().err
