@@ -52,14 +52,16 @@ class LegacyAttention(nn.Module):
         tokens = x.reshape(b, c, -1)  # [B, C, T]
         qkv = self.qkv(self.norm(tokens))  # [B, 3C, T]
         d = c // self.heads
-        q, k, v = qkv.reshape(b * self.heads, 3 * d, -1).split(d, dim=1)  # each [B*H, d, T]
+        q, k, v = qkv.reshape(b, self.heads, 3 * d, -1).split(d, dim=2)  # each [B, H, d, T]
         dtype = q.dtype
         if dtype in (torch.float16, torch.bfloat16):  # upstream softmaxes in float32
             q, k, v = q.float(), k.float(), v.float()
+        # 4-D [B, H, T, d] inputs reach the fused kernels (on the CPU, 3-D ones take the slow path
+        # that materialises the whole T x T matrix)
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        )  # [B*H, T, d]
-        out = out.transpose(1, 2).reshape(b, c, -1).to(dtype)
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )  # [B, H, T, d]
+        out = out.transpose(-1, -2).reshape(b, c, -1).to(dtype)
         return (tokens + self.proj_out(out)).reshape(b, c, *spatial)
 
 
