@@ -124,6 +124,8 @@ class Upscaler:
         time_encoder = build_time_encoder(loaded["time_encoder"][0], num_heads=int(time_meta.get("num_heads", 4)), **place)
         sd_vae = build_autoencoder(loaded["vae"][0], "VAE", **place)
         cfw_vae = build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
+        if _same_encoder(sd_vae, cfw_vae):
+            sd_vae = cfw_vae
         context_sd = loaded["context_empty"][0]
         if len(context_sd) != 1:
             raise CheckpointError(f"{components['context_empty']}: expected one tensor, found {len(context_sd)}")
@@ -168,6 +170,13 @@ class Upscaler:
         img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
         return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
+
+
+def _same_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two autoencoders encode identically: same encoder and quant_conv tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
+    return all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
 
 
 def _info_from_manifest(name: str | None) -> ModelInfo | None:

@@ -136,3 +136,16 @@ def test_progress_reports_every_step_and_tile(capsys):
     assert {e.stage for e in events} >= {"encode", "sample", "decode"}
     up.upscale_tensor(image(30, 50), BASE, progress=tqdm_progress())
     assert "2/2" in capsys.readouterr().err
+
+
+def test_one_encoder_pass_when_both_autoencoders_encode_alike():
+    """Upstream encodes the LR image twice (SD VAE for the latent, CFW for its features); with
+    identical encoder weights one pass gives exactly the same image."""
+    from stablesr_cli.api import Upscaler, _same_encoder
+    from tiny_models import tiny_models
+
+    models = tiny_models()
+    assert models.sd_vae is not models.cfw_vae and _same_encoder(models.sd_vae, models.cfw_vae)
+    shared = Upscaler(dataclasses.replace(models, sd_vae=models.cfw_vae), tiny_upscaler().spec)
+    x = image(30, 40)
+    assert torch.equal(tiny_upscaler().upscale_tensor(x, BASE), shared.upscale_tensor(x, BASE))

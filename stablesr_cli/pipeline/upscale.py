@@ -39,7 +39,9 @@ class StableSRModels:
     unet: nn.Module
     time_encoder: nn.Module
     sd_vae: nn.Module
-    """The diffusion checkpoint's VAE: only its encoder is used (for the LR latent)."""
+    """The diffusion checkpoint's VAE: only its encoder is used (for the LR latent). The same object
+    as `cfw_vae` when both encoders hold identical weights (upstream trained CFW with the SD VAE
+    frozen), which saves one encoder pass per image and the memory of a second VAE."""
     cfw_vae: nn.Module
     """The CFW autoencoder: encoder features of the LR image and the final fused decode."""
     context: torch.Tensor
@@ -68,6 +70,23 @@ def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
     return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch)
 
 
+def _encode(vae: nn.Module, x: torch.Tensor, opts: UpscaleOptions, storage: torch.device | None):
+    """Posterior and CFW encoder features of x, whole or with the lean tiled VAE."""
+    if opts.vae_tiling is VaeTiling.LEAN:
+        from .vae_tiling import tiled_encode
+
+        return tiled_encode(vae, x, opts.vae_tile_size, storage_device=storage)
+    return vae.encode_with_features(x)
+
+
+def _decode(vae: nn.Module, z_raw: torch.Tensor, features, opts: UpscaleOptions, storage: torch.device | None):
+    if opts.vae_tiling is VaeTiling.LEAN:
+        from .vae_tiling import tiled_decode
+
+        return tiled_decode(vae, z_raw, opts.vae_tile_size, features, opts.w, storage_device=storage)
+    return vae.decode(z_raw, features, opts.w)
+
+
 def restore(
     x_lq: torch.Tensor,
     models: StableSRModels,
@@ -84,16 +103,12 @@ def restore(
     report = progress or (lambda event: None)
     report(ProgressEvent("encode", patch=patch, total_patches=total_patches))
     x = x_lq.to(device=device, dtype=dtype)
-    lean = opts.vae_tiling is VaeTiling.LEAN
-    if lean:
-        from .vae_tiling import tiled_decode, tiled_encode
+    # lean tiling on an accelerator: the full-resolution activations between GroupNorm sync points
+    # wait in host memory, so device memory scales with the tile, not the image
+    storage = torch.device("cpu") if opts.vae_tiling is VaeTiling.LEAN and device.type != "cpu" else None
 
-        # on an accelerator the full-resolution activations between GroupNorm sync points wait in
-        # host memory, so device memory scales with the tile, not the image
-        storage = torch.device("cpu") if device.type != "cpu" else None
-        posterior, _ = tiled_encode(models.sd_vae, x, opts.vae_tile_size, storage_device=storage)
-    else:
-        posterior = models.sd_vae.encode(x)
+    # the LR latent: a posterior SAMPLE of the diffusion checkpoint's own VAE, then x_T = q_sample(z, 999)
+    posterior, features = _encode(models.sd_vae, x, opts, storage)
     eps_posterior = noise.draw(tuple(posterior.mean.shape)).to(device=device, dtype=posterior.mean.dtype)
     z_lq = (posterior.sample(eps_posterior) * LATENT_SCALE).float()  # [1, 4, h, w]
     z_start = q_sample_start(z_lq, noise.draw(tuple(z_lq.shape), channels_last=True).to(device))
@@ -104,14 +119,11 @@ def restore(
 
     denoiser = Denoiser(models.unet, models.time_encoder, models.context, models.prediction)
     z0 = sample(denoiser, z_start, z_lq, schedule, noise, latent_tiling(models, opts), on_event)
+
     report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
-    z_raw = (z0 / LATENT_SCALE).to(dtype)
-    if lean:
-        _, features = tiled_encode(models.cfw_vae, x, opts.vae_tile_size, storage_device=storage)
-        x_sr = tiled_decode(models.cfw_vae, z_raw, opts.vae_tile_size, features, opts.w, storage_device=storage)
-    else:
-        _, features = models.cfw_vae.encode_with_features(x)
-        x_sr = models.cfw_vae.decode(z_raw, features, opts.w)
+    if models.sd_vae is not models.cfw_vae:  # the CFW features come from the CFW checkpoint's encoder
+        _, features = _encode(models.cfw_vae, x, opts, storage)
+    x_sr = _decode(models.cfw_vae, (z0 / LATENT_SCALE).to(dtype), features, opts, storage)
     return apply_color_fix(opts.color_fix, x_sr.float(), x_lq.to(device=device, dtype=torch.float32))
 
 
