@@ -50,12 +50,14 @@ def randomised(module: nn.Module, device: torch.device, dtype: torch.dtype) -> n
 def full_size_models(device: torch.device, dtype: torch.dtype) -> StableSRModels:
     with torch.device("meta"):
         unet, encoder = UNet(UNetConfig()), TimeAwareEncoder(TimeEncoderConfig())
-        sd_vae, cfw = Autoencoder(AutoencoderConfig()), Autoencoder(AutoencoderConfig(num_fuse_blocks=2))
+        cfw = Autoencoder(AutoencoderConfig(num_fuse_blocks=2))
+    cfw = randomised(cfw, device, dtype)
     return StableSRModels(
         unet=randomised(unet, device, dtype),
         time_encoder=randomised(encoder, device, dtype),
-        sd_vae=randomised(sd_vae, device, dtype),
-        cfw_vae=randomised(cfw, device, dtype),
+        # the released SR and CFW checkpoints share the SD 2.1 VAE encoder, so the API loads one
+        sd_vae=cfw,
+        cfw_vae=cfw,
         context=torch.randn(1, 77, 1024, device=device),
         prediction=Prediction.EPS,
         native_tile=64,
