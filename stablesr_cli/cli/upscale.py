@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 
-import click
 import typer
 from rich.console import Console
 
@@ -155,10 +155,10 @@ def upscale(
             skip_existing=skip_existing, overwrite=overwrite,
         )  # fmt: skip
         jobs = plan_jobs(expand_inputs(inputs, recursive=recursive), request)
-        stdout = click.get_binary_stream("stdout")
+        stdout = _binary_stream("stdout")
         if not dry_run and any(j.action is Action.UPSCALE and j.destination is None for j in jobs) and stdout.isatty():
             raise OptionError("refusing to write image bytes to a terminal; redirect standard output (> big.png) or pass -o FILE")
-        if any(j.source is not None and j.source.is_stdin for j in jobs) and click.get_binary_stream("stdin").isatty():
+        if any(j.source is not None and j.source.is_stdin for j in jobs) and _binary_stream("stdin").isatty():
             raise OptionError("no image piped in; use: stablesr upscale - < photo.png > big.png")
         json_sink = _open_json(json_file) if json_file is not None else (stderr_json_lines() if json_lines else None)
     except OptionError as error:
@@ -332,7 +332,7 @@ class _Batch:
         try:
             if source.is_stdin:
                 # Read when the command runs, never at import (a CliRunner test swaps stdin in late).
-                picture = read_picture(click.get_binary_stream("stdin").read(), max_pixels=self.max_pixels)
+                picture = read_picture(_binary_stream("stdin").read(), max_pixels=self.max_pixels)
             else:
                 picture = read_picture(source.path, max_pixels=self.max_pixels)
             result = self._run_model(picture)
@@ -424,6 +424,12 @@ class _RunAborted(Exception):
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+
+
+def _binary_stream(name: str) -> BinaryIO:
+    """The byte stream under sys.stdin / sys.stdout, read at call time (so tests' replacements count)."""
+    stream = getattr(sys, name)
+    return getattr(stream, "buffer", stream)
 
 
 def _silence_stdout() -> None:

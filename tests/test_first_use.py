@@ -1,0 +1,57 @@
+"""From nothing to an upscaled image in one command: `stablesr upscale` fetches, verifies and
+converts the default model on first use (from a hub-like server on 127.0.0.1), saying on stderr
+what it fetches, how big, and where it goes; later runs work offline."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from cli_helpers import invoke
+from hub_server import HubServer, HubState
+from sd_shaped import write_sd_shaped_sr_ckpt
+from tiny_checkpoints import write_tiny_cfw_ckpt
+
+REPO = "Iceclear/StableSR"
+SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64"]
+
+
+@pytest.fixture
+def hub_files(tmp_path):
+    official = tmp_path / "official"
+    official.mkdir()
+    write_sd_shaped_sr_ckpt(official / SR)
+    write_tiny_cfw_ckpt(official / CFW)
+    return {(REPO, name): (official / name).read_bytes() for name in (SR, CFW)}
+
+
+def test_first_upscale_downloads_converts_and_then_works_offline(tmp_path, monkeypatch, hub_files):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 20), (120, 60, 200)).save(photo)
+    with HubServer(HubState(files=hub_files), max_lifetime_s=240) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        first = invoke(["upscale", str(photo), *FAST])
+    assert first.exit_code == 0, first.stderr
+    said = " ".join(first.stderr.split())
+    for fact in (SR, CFW, "converted"):
+        assert fact in said, f"stderr does not mention {fact!r}: {said}"
+    size_mb = len(hub_files[(REPO, SR)]) / 1e6
+    assert f"{size_mb:.1f} MB" in said or f"{size_mb:.0f} MB" in said, said
+    assert Image.open(tmp_path / "photo_x2.png").size == (48, 40)
+
+    monkeypatch.setenv("STABLESR_OFFLINE", "1")  # no server any more: everything is cached
+    again = invoke(["upscale", str(photo), "-o", str(tmp_path / "again.png"), *FAST])
+    assert again.exit_code == 0, again.stderr
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "photo_x2.png").read_bytes()
+
+
+def test_offline_and_missing_is_one_line_naming_the_fetch_command(tmp_path, monkeypatch):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 20)).save(photo)
+    result = invoke(["upscale", str(photo), "--offline", *FAST])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stablesr:")]
+    assert len(lines) == 1 and "stablesr weights download turbo" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "photo_x2.png").exists()
