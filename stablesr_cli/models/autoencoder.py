@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cfw import GROUPNORM_GROUPS, FusionLayer, vae_group_norm
+from .cfw import FusionLayer
+from .vae_blocks import GROUPNORM_GROUPS, ResnetBlock, vae_group_norm
 
 LATENT_SCALE = 0.18215  # SD VAE scaling factor: sampler latent = LATENT_SCALE * raw posterior value
 LOGVAR_RANGE = (-30.0, 20.0)  # upstream clamps the posterior log-variance to this range
@@ -74,24 +75,6 @@ class AutoencoderConfig:
     @property
     def downscale(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
-
-
-class ResnetBlock(nn.Module):
-    """norm-swish-conv twice plus a skip (1x1 `nin_shortcut` when widths differ); no time embedding, no dropout."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = vae_group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = vae_group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
 
 
 class AttnBlock(nn.Module):

@@ -11,33 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .vae_blocks import ResnetBlock
+
 RRDB_GROWTH_CHANNELS = 32  # upstream `num_grow_ch`
 RRDB_RESIDUAL_SCALE = 0.2  # ESRGAN's residual scaling, applied per dense block and per RRDB
 RRDB_LEAKY_SLOPE = 0.2
-GROUPNORM_GROUPS = 32
-GROUPNORM_EPS = 1e-6  # the VAE/CFW norm (not the UNet's 1e-5)
 
+class FusionResBlock(ResnetBlock):
+    """Upstream's `ResBlock` of the fusion layers: the VAE block with its skip conv named `conv_out`."""
 
-def vae_group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(GROUPNORM_GROUPS, channels, eps=GROUPNORM_EPS, affine=True)
-
-
-class FusionResBlock(nn.Module):
-    """Pre-activation residual block (upstream `ResBlock`): norm-swish-conv twice, 1x1 `conv_out` skip when widths differ."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.norm1 = vae_group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = vae_group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_out = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        skip = x if self.conv_out is None else self.conv_out(x)
-        return skip + h
+    SHORTCUT = "conv_out"
 
 
 class ResidualDenseBlock(nn.Module):

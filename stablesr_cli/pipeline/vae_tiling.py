@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OptionError
-from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian, ResnetBlock
+from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
+from ..models.vae_blocks import ResnetBlock
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
 
 
@@ -245,10 +246,10 @@ class _TiledRunner:
         return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip)
 
     def resnet(self, block: ResnetBlock, x: TileGrid) -> TileGrid:
-        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.nin_shortcut)
+        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
 
     def fusion_resblock(self, block: FusionResBlock, sources: Sequence[TileGrid]) -> TileGrid:
-        return self._residual_block(sources, block.norm1, block.conv1, block.norm2, block.conv2, block.conv_out)
+        return self._residual_block(sources, block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
 
     def attention(self, attn: AttnBlock, x: TileGrid) -> TileGrid:
         # global over all positions: run whole at this (1/8) resolution, then split again

@@ -1,0 +1,42 @@
+"""The residual block and norm shared by the VAE and the CFW fusion layers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GROUPNORM_GROUPS = 32
+GROUPNORM_EPS = 1e-6  # the VAE/CFW norm (not the UNet's 1e-5)
+
+
+def vae_group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GROUPNORM_GROUPS, channels, eps=GROUPNORM_EPS, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm-swish-conv twice plus a skip (a 1x1 conv when widths differ); no time embedding, no dropout.
+
+    Upstream names the skip conv `nin_shortcut` in the VAE and `conv_out` in the CFW fusion layers;
+    `SHORTCUT` keeps each checkpoint's key.
+    """
+
+    SHORTCUT = "nin_shortcut"
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = vae_group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = vae_group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        setattr(self, self.SHORTCUT, nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None)
+
+    @property
+    def shortcut(self) -> nn.Conv2d | None:
+        return getattr(self, self.SHORTCUT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return skip + h
