@@ -33,6 +33,16 @@ class VaeTiling(str, Enum):
     LEAN = "lean"
 
 
+class OutputFormat(str, Enum):
+    """The formats outputs are written in (Pillow reads more, e.g. GIF; those are written as PNG)."""
+
+    PNG = "png"
+    JPG = "jpg"
+    WEBP = "webp"
+    TIFF = "tiff"
+    BMP = "bmp"
+
+
 class Precision(str, Enum):
     AUTO = "auto"
     FP32 = "fp32"

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from stablesr_cli.cli.plan import (
     Action,
-    OutputFormat,
     OutputRequest,
     expand_inputs,
     expand_suffix,
@@ -19,6 +18,7 @@ from stablesr_cli.cli.plan import (
     plan_jobs,
 )
 from stablesr_cli.errors import OptionError
+from stablesr_cli.options import OutputFormat
 
 
 def touch(path: Path, content: bytes = b"x") -> Path:

@@ -17,22 +17,13 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import OptionError
+from ..options import OutputFormat
 
 STDIO = "-"
 """The argument that stands for standard input (as INPUT) or standard output (as --output)."""
 
 DEFAULT_SUFFIX = "_x{scale}"
 """Appended to the input's name for outputs written next to their inputs."""
-
-
-class OutputFormat(str, Enum):
-    """The formats outputs are written in (Pillow reads more, e.g. GIF; those are written as PNG)."""
-
-    PNG = "png"
-    JPG = "jpg"
-    WEBP = "webp"
-    TIFF = "tiff"
-    BMP = "bmp"
 
 
 # Extensions a folder scan or a glob picks up: the formats people keep photos in.

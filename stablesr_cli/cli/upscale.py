@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from ..errors import OptionError, OutputPathError, StableSRError
-from ..options import ColorFix, Precision, UpscaleOptions, VaeTiling
+from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
 from .console import (
     JsonLines,
     Outcome,
@@ -32,7 +32,7 @@ from .console import (
     print_summary,
     stderr_json_lines,
 )
-from .plan import STDIO, Action, Job, OutputFormat, OutputRequest, decide, expand_inputs, input_identities, plan_jobs
+from .plan import STDIO, Action, Job, OutputRequest, decide, expand_inputs, input_identities, plan_jobs
 
 if TYPE_CHECKING:
     from ..api import Upscaler
