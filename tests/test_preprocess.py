@@ -16,7 +16,6 @@ from stablesr_cli.pipeline.preprocess import (
     pad_reflect_32,
     prepare_input,
     resize_bicubic,
-    resize_to,
     to_uint8,
     to_unit_range,
     upscale_factor,
@@ -87,26 +86,21 @@ def test_pad_reflect_32_then_crop_is_the_identity(height, width):
 
 def test_finish_output_without_shrink_crops_the_padding():
     img = torch.rand(1, 3, 96, 96)
-    out = finish_output(img, 4.0, 4.0, (64, 70))
+    out = finish_output(img, (64, 70), (64, 70))
     assert torch.equal(out, img[..., :64, :70])
 
 
-def test_finish_output_shrinks_then_crops_the_shrunken_padding():
-    # a 30x47 input enlarged by s = 512/30 to 512x802, padded to 544x832, scale 4
-    s, scale = 512 / 30, 4.0
+def test_finish_output_crops_then_shrinks_to_the_exact_size():
+    # a 30x47 input enlarged by s = 512/30 to 512x802, padded to 544x832, scale 4 -> 120x188
     img = torch.rand(1, 3, 544, 832) * 1.2 - 0.1
-    out = finish_output(img, s, scale, (512, 802))
-    assert out.shape[-2:] == (int(512 * scale / s), int(802 * scale / s)) == (120, 187)
-    shrunk = resize_bicubic(img, (int(544 * scale / s), int(832 * scale / s))).clamp(0, 1)
-    assert torch.equal(out, shrunk[..., :120, :187])
+    out = finish_output(img, (512, 802), (120, 188))
+    assert out.shape[-2:] == (120, 188)
+    assert torch.equal(out, resize_bicubic(img[..., :512, :802], (120, 188)).clamp(0, 1))
     assert out.min() >= 0 and out.max() <= 1
-
-
-def test_resize_to_gives_the_exact_size_and_stays_in_range():
-    img = torch.rand(1, 3, 40, 50)
-    assert resize_to(img, 40, 50) is img
-    out = resize_to(img, 33, 71)
-    assert out.shape[-2:] == (33, 71) and out.min() >= 0 and out.max() <= 1
+    # no padding leaks in: the padded region may hold anything
+    img[..., 512:, :] = 7.0
+    img[..., :, 802:] = 7.0
+    assert torch.equal(finish_output(img, (512, 802), (120, 188)), out)
 
 
 def test_to_unit_range_maps_and_clamps():

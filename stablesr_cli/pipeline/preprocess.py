@@ -1,9 +1,9 @@
 """Pixel pre- and post-processing of `sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py` (spec 4.3, 4.8).
 
 Before sampling: enlarge by s = max(min_side / short side, scale) with PyTorch bicubic, clamp to
-[-1, 1], reflect-pad bottom/right to multiples of 32. After decoding: map to [0, 1], shrink back
-by scale / s when the small-input rule enlarged beyond `scale`, crop the padding, truncate to 8
-bits. Images are [B, C, H, W] tensors; nothing here reads or writes files.
+[-1, 1], reflect-pad bottom/right to multiples of 32. After decoding: map to [0, 1], crop the
+padding, shrink back to the requested size when the small-input rule enlarged beyond `scale`,
+truncate to 8 bits. Images are [B, C, H, W] tensors; nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -81,30 +81,21 @@ def to_unit_range(x_pm1: Tensor) -> Tensor:
     return ((x_pm1 + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
-def finish_output(img01_padded: Tensor, s: float, scale: float, unpadded_hw: tuple[int, int]) -> Tensor:
-    """From the decoded, padded [0, 1] image to the final [0, 1] image.
+def finish_output(img01_padded: Tensor, unpadded_hw: tuple[int, int], target_hw: tuple[int, int]) -> Tensor:
+    """From the decoded, padded [0, 1] image to the final [0, 1] image of exactly `target_hw`.
 
-    `unpadded_hw` is the size of the enlarged image before padding. If s > scale the padded result
-    is bicubic-shrunk to (int(Hp * scale / s), int(Wp * scale / s)) and clamped; then the padding
-    is cropped. Upstream crops with the UNscaled `unpadded_hw` even after the shrink, which leaves
-    shrunken padding in the output; we crop to (int(H * scale / s), int(W * scale / s)), what it
-    evidently intended. Without the shrink both crops are (H, W).
+    `unpadded_hw` is the size of the enlarged image before padding. The padding is cropped; when the
+    small-input rule enlarged beyond `scale`, the result is then bicubic-shrunk to the target and
+    clamped. Upstream shrinks the padded image first and then crops with the UNscaled size, which
+    leaves shrunken padding in the output and misses the requested size by a pixel or more; cropping
+    first is what it evidently intended, and needs a single resample to land on the exact size.
+    Without the shrink, the crop alone gives the target.
     """
     height, width = unpadded_hw
-    out = img01_padded
-    if s > scale:
-        padded_h, padded_w = out.shape[-2:]
-        out = resize_bicubic(out, (int(padded_h * scale / s), int(padded_w * scale / s))).clamp(0.0, 1.0)
-        height, width = int(height * scale / s), int(width * scale / s)
-    return out[..., :height, :width]
-
-
-def resize_to(img01: Tensor, height: int, width: int) -> Tensor:
-    """Bicubic resize of a [0, 1] image to exactly height x width, overshoot clamped; a no-op when
-    the size already matches."""
-    if tuple(img01.shape[-2:]) == (height, width):
-        return img01
-    return resize_bicubic(img01, (height, width)).clamp(0.0, 1.0)
+    out = img01_padded[..., :height, :width]
+    if tuple(out.shape[-2:]) != tuple(target_hw):
+        out = resize_bicubic(out, tuple(target_hw)).clamp(0.0, 1.0)
+    return out
 
 
 def to_uint8(img01: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
     img_lq [0,1] -> x [-1,1] -> enlarge by s, clamp -> reflect-pad to 32
       -> per pixel patch (or whole): z_lq = SD-VAE posterior sample -> x_T = q_sample(z_lq, 999)
          -> tiled DDPM sampling -> CFW decode with the LR image's encoder features -> colour fix
-      -> blend patches -> [0,1] -> shrink back to `scale` -> crop -> img_sr [0,1]
+      -> blend patches -> [0,1] -> crop the padding -> shrink to int(H*scale) x int(W*scale) -> img_sr [0,1]
 
 Two autoencoders are involved: the LR latent comes from the diffusion checkpoint's own VAE (a
 posterior SAMPLE, not the mean), while the encoder features and the final decode come from the
@@ -144,7 +144,7 @@ def upscale_tensor(
     tiling = latent_tiling(models, opts)
     min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
     x = img_lq.to(torch.float32) * 2.0 - 1.0
-    x, s = preprocess.prepare_input(x, opts.scale, min_side)
+    x, _ = preprocess.prepare_input(x, opts.scale, min_side)  # enlarged by s = max(min_side / short side, scale)
     enlarged_hw = tuple(x.shape[-2:])
     x, _, _ = preprocess.pad_reflect_32(x)
     padded_h, padded_w = x.shape[-2:]
@@ -164,6 +164,4 @@ def upscale_tensor(
     else:
         result = blender.result()
     img = preprocess.to_unit_range(result.float())
-    img = preprocess.finish_output(img, s, opts.scale, enlarged_hw)
-    # the shrink path rounds twice (int(int(H*s)*scale/s)); land exactly on the promised size
-    return preprocess.resize_to(img, int(height * opts.scale), int(width * opts.scale)).cpu()
+    return preprocess.finish_output(img, enlarged_hw, (int(height * opts.scale), int(width * opts.scale))).cpu()
