@@ -149,3 +149,25 @@ def test_one_encoder_pass_when_both_autoencoders_encode_alike():
     shared = Upscaler(dataclasses.replace(models, sd_vae=models.cfw_vae), tiny_upscaler().spec)
     x = image(30, 40)
     assert torch.equal(tiny_upscaler().upscale_tensor(x, BASE), shared.upscale_tensor(x, BASE))
+
+
+def test_bfloat16_pipeline_runs_and_follows_float32():
+    """--dtype bf16: every network in bfloat16 (noise, schedule and blending stay float32)."""
+    import copy
+
+    from stablesr_cli.api import Upscaler
+    from tiny_models import tiny_models
+
+    fp32 = tiny_models()
+    half = dataclasses.replace(
+        fp32,
+        unet=copy.deepcopy(fp32.unet).to(torch.bfloat16),
+        time_encoder=copy.deepcopy(fp32.time_encoder).to(torch.bfloat16),
+        sd_vae=copy.deepcopy(fp32.cfw_vae).to(torch.bfloat16),
+    )
+    half = dataclasses.replace(half, cfw_vae=half.sd_vae)
+    x = image(24, 32)
+    ref = tiny_upscaler().upscale_tensor(x, BASE)
+    out = Upscaler(half, tiny_upscaler().spec).upscale_tensor(x, BASE)
+    assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out - ref).abs().mean() < 0.05
