@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -64,7 +65,9 @@ def as_uint16(values: np.ndarray) -> np.ndarray:
     return np.round(values.astype(np.float64) * 65535).astype(np.uint16)
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_icc() -> bytes:
+    """An sRGB profile; made once, since littleCMS stamps each new profile with the current second."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
