@@ -171,3 +171,16 @@ def test_bfloat16_pipeline_runs_and_follows_float32():
     out = Upscaler(half, tiny_upscaler().spec).upscale_tensor(x, BASE)
     assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().mean() < 0.05
+
+
+def test_an_output_of_no_pixels_is_a_clear_error():
+    from stablesr_cli.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"a 1x1 image at --scale 0.5 would be 0x0 pixels"):
+        tiny_upscaler().upscale_tensor(torch.rand(1, 3, 1, 1), dataclasses.replace(BASE, scale=0.5))
+
+
+def test_one_pixel_and_downscaling_work():
+    up = tiny_upscaler()
+    assert up.upscale_tensor(torch.rand(1, 3, 1, 1), BASE).shape == (1, 3, 2, 2)
+    assert up.upscale_tensor(image(20, 30), dataclasses.replace(BASE, scale=0.5)).shape == (1, 3, 10, 15)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import OptionError
 from ..options import UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from . import preprocess
@@ -139,6 +140,12 @@ def upscale_tensor(
     if img_lq.ndim != 4 or img_lq.shape[:2] != (1, 3):
         raise ValueError(f"expected one RGB image [1, 3, H, W], got shape {tuple(img_lq.shape)}")
     height, width = img_lq.shape[-2:]
+    target_hw = (int(height * opts.scale), int(width * opts.scale))
+    if min(target_hw) < 1:
+        raise OptionError(
+            f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
+            "use a larger --scale"
+        )
     steps = opts.steps if opts.steps is not None else 200
     schedule = respaced_schedule(steps)
     tiling = latent_tiling(models, opts)
@@ -164,4 +171,4 @@ def upscale_tensor(
     else:
         result = blender.result()
     img = preprocess.to_unit_range(result.float())
-    return preprocess.finish_output(img, enlarged_hw, (int(height * opts.scale), int(width * opts.scale))).cpu()
+    return preprocess.finish_output(img, enlarged_hw, target_hw).cpu()
