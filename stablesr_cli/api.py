@@ -33,6 +33,11 @@ class ModelInfo:
     default_steps: int = 200
     default_w: float = 0.5
 
+    @classmethod
+    def from_spec(cls, spec) -> "ModelInfo":
+        """From the weights manifest's `store.ModelSpec`."""
+        return cls(spec.name, spec.prediction, spec.tile_latent, spec.default_steps, spec.default_w)
+
 
 class Upscaler:
     def __init__(self, models, info: ModelInfo) -> None:
@@ -72,15 +77,7 @@ class Upscaler:
                 on_event(getattr(event, "message", str(event)))
 
         resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
-        spec = resolved.spec
-        info = ModelInfo(
-            name=spec.name,
-            prediction=spec.prediction,
-            native_tile=spec.tile_latent,
-            default_steps=spec.default_steps,
-            default_w=spec.default_w,
-        )
-        return cls.from_components(resolved.components, device=device, dtype=dtype, info=info)
+        return cls.from_components(resolved.components, device=device, dtype=dtype, info=ModelInfo.from_spec(resolved.spec))
 
     @classmethod
     def from_components(
@@ -186,9 +183,7 @@ def _info_from_manifest(name: str | None) -> ModelInfo | None:
     from .store import load_manifest
 
     spec = load_manifest().models.get(name)
-    if spec is None:
-        return None
-    return ModelInfo(spec.name, spec.prediction, spec.tile_latent, spec.default_steps, spec.default_w)
+    return None if spec is None else ModelInfo.from_spec(spec)
 
 
 def tqdm_progress(desc: str = "stablesr") -> ProgressCallback:
