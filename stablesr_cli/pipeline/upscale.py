@@ -161,14 +161,12 @@ def upscale_tensor(
         patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.vae_tile_stride)
     else:
         patches = [Tile(0, 0, padded_h, padded_w)]
-    blender = GaussianBlender((1, 3, padded_h, padded_w), dtype=torch.float32, device=models.device)
-    for k, tile in enumerate(patches):
-        x_sr = restore(x[tile.slices], models, opts, schedule, noise, progress, k, len(patches))
-        if len(patches) == 1:
-            result = x_sr
-            break
-        blender.add(tile, x_sr)
+    if len(patches) == 1:
+        result = restore(x, models, opts, schedule, noise, progress)
     else:
+        blender = GaussianBlender((1, 3, padded_h, padded_w), dtype=torch.float32, device=models.device)
+        for k, tile in enumerate(patches):
+            blender.add(tile, restore(x[tile.slices], models, opts, schedule, noise, progress, k, len(patches)))
         result = blender.result()
     img = preprocess.to_unit_range(result.float())
     return preprocess.finish_output(img, enlarged_hw, target_hw).cpu()
