@@ -15,7 +15,7 @@ import torch
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, resblocks_to_upstream
 from stablesr_cli.models.text_encoder import TextEncoder, TextEncoderConfig
 from stablesr_cli.models.unet import UNet, UNetConfig
-from tiny_checkpoints import _lightning_container, golden_weights, lightning_callback_class, schedule_buffers
+from tiny_checkpoints import golden_weights, schedule_buffers, write_lightning_ckpt
 
 WIDTH = 64  # UNet model channels, context width and text width: one 64-wide head at level 0
 
@@ -45,7 +45,4 @@ def sd_shaped_sr_state_dict() -> dict[str, torch.Tensor]:
 
 
 def write_sd_shaped_sr_ckpt(path: str | Path) -> Path:
-    path = Path(path)
-    with lightning_callback_class() as cls:
-        torch.save(_lightning_container(sd_shaped_sr_state_dict(), cls, epoch=117), path)
-    return path
+    return write_lightning_ckpt(path, sd_shaped_sr_state_dict(), epoch=117)

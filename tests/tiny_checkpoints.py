@@ -170,17 +170,19 @@ def _tiny_cfw_state_dict() -> dict[str, torch.Tensor]:
     return sd
 
 
-def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
-    """A tiny StableSR diffusion `.ckpt` in the official Lightning layout."""
+def write_lightning_ckpt(path: str | Path, state_dict: dict[str, torch.Tensor], *, epoch: int) -> Path:
+    """`state_dict` saved in the Lightning container the released `.ckpt` files use."""
     path = Path(path)
     with lightning_callback_class() as cls:
-        torch.save(_lightning_container(tiny_sr_state_dict(text_width=text_width), cls, epoch=117), path)
+        torch.save(_lightning_container(state_dict, cls, epoch=epoch), path)
     return path
+
+
+def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
+    """A tiny StableSR diffusion `.ckpt` in the official Lightning layout."""
+    return write_lightning_ckpt(path, tiny_sr_state_dict(text_width=text_width), epoch=117)
 
 
 def write_tiny_cfw_ckpt(path: str | Path) -> Path:
     """A tiny CFW autoencoder `.ckpt` in the official Lightning layout (keys without prefix, plus `loss.*`)."""
-    path = Path(path)
-    with lightning_callback_class() as cls:
-        torch.save(_lightning_container(tiny_cfw_state_dict(), cls, epoch=11), path)
-    return path
+    return write_lightning_ckpt(path, tiny_cfw_state_dict(), epoch=11)
