@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .errors import ChecksumError, CheckpointError, StableSRError, WeightsNotFoundError
 
 MANIFEST_FORMAT = "stablesr-manifest/1"
@@ -450,9 +451,8 @@ def _write_stamp(folder: Path, fetched: FetchedFile, files: Iterable[Path]) -> N
         "verified_by": fetched.verified_by,
         "files": sorted(p.name for p in files),
     }
-    tmp = folder / f".{STAMP_NAME}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=2), encoding="utf-8")
-    os.replace(tmp, folder / STAMP_NAME)
+    text = json.dumps(stamp, indent=2).encode("utf-8")
+    atomic_write(folder / STAMP_NAME, lambda stream: stream.write(text), what="cache stamp")
 
 
 def _ensure_converted(

@@ -10,13 +10,12 @@ CFW training loss are dropped; an EMA copy of the UNet is kept only on request.
 from __future__ import annotations
 
 import hashlib
-import os
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_via_path
 from ..errors import CheckpointError, OutputPathError
 from .io import read_state_dict
 from .keymap import IGNORED_PREFIXES, SCHEDULE_BUFFERS, split_components
@@ -136,22 +135,11 @@ def _standalone(t: torch.Tensor, fp16: bool) -> torch.Tensor:
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        # safetensors creates its files 0600; give ours the mode a plain open() would (umask applied)
-        with open(tmp, "wb"):
-            pass
-        mode = stat.S_IMODE(tmp.stat().st_mode)
-        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputPathError(f"{path}: cannot write converted weights ({exc.strerror or exc}); check the folder and free space") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_via_path(
+        path, lambda temporary: save_file(dict(tensors), str(temporary), metadata=dict(metadata)), what="converted weights"
+    )
 
 
 def _dtypes(tensors: Mapping[str, torch.Tensor]) -> str:

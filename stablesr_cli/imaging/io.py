@@ -18,9 +18,6 @@ de-interlaces before unpacking. Pillow cannot *write* 16-bit colour PNGs either,
 
 from __future__ import annotations
 
-import errno
-import os
-import secrets
 import struct
 import threading
 import zlib
@@ -33,6 +30,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..atomic import atomic_write
 from ..errors import InputImageError, OptionError, OutputPathError
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -467,7 +465,7 @@ def write_picture(
         return
     path = Path(destination)
     chosen = _resolve_format(format, path, picture)
-    _write_atomically(path, lambda stream: _encode_into(picture, chosen, quality, stream))
+    atomic_write(path, lambda stream: _encode_into(picture, chosen, quality, stream), what="image")
 
 
 def encode_picture(picture: Picture, format: str, quality: int | None = None) -> bytes:
@@ -499,71 +497,6 @@ def _resolve_format(requested: str | None, path: Path | None, picture: Picture) 
         return by_extension
     source_format = _FORMAT_ALIASES.get(picture.format, picture.format)
     return source_format if source_format in WRITABLE_FORMATS else "PNG"
-
-
-def _write_atomically(path: Path, encode: Callable[[BinaryIO], None]) -> None:
-    folder = path.parent
-    if path.is_dir():
-        raise OutputPathError(f"{path}: is a folder; give an output file name")
-    temporary, descriptor = _create_temporary(path)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            encode(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        # Whatever went wrong (encoder, full disk, Ctrl-C), no half-written file may remain.
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        if isinstance(error, OSError):
-            raise _output_error(path, folder, error) from error
-        raise
-    _sync_folder(folder)
-
-
-def _create_temporary(path: Path) -> tuple[Path, int]:
-    """A new hidden file beside `path`, created with the usual permissions (0666 minus umask).
-
-    Not tempfile.mkstemp: that creates 0600 files, and the output would keep those permissions.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return temporary, os.open(temporary, flags, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise _output_error(path, path.parent, error) from error
-
-
-def _output_error(path: Path, folder: Path, error: OSError) -> OutputPathError:
-    if isinstance(error, FileNotFoundError) and not folder.exists():
-        return OutputPathError(f"{path}: folder {folder} does not exist; create it or choose another output")
-    if isinstance(error, NotADirectoryError) or error.errno == errno.ENOTDIR:
-        return OutputPathError(f"{path}: {folder} is not a folder; choose another output path")
-    if isinstance(error, PermissionError):
-        return OutputPathError(f"{path}: permission denied in {folder}; choose a folder you can write to")
-    if isinstance(error, IsADirectoryError):
-        return OutputPathError(f"{path}: is a folder; give an output file name")
-    return OutputPathError(f"{path}: cannot be written ({_reason(error)})")
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable; best effort (not possible on every OS and filesystem)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _encode_into(picture: Picture, format: str, quality: int | None, stream: BinaryIO) -> None:
