@@ -56,10 +56,11 @@ class UpscaleOptions:
 
     scale: float = 4.0
     """Output size / input size; any value > 0 (non-integer allowed)."""
-    w: float = 0.5
-    """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input."""
+    w: float | None = None
+    """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input; None: the model's
+    default (0.5 for the general models, 0 for face)."""
     steps: int | None = None
-    """DDPM steps (respaced from 1000); None: the model's default from the manifest."""
+    """Sampling steps (respaced from 1000); None: the model's default."""
     seed: int = 42
     color_fix: ColorFix = ColorFix.WAVELET
     tile_size: int | None = None
@@ -78,7 +79,7 @@ class UpscaleOptions:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise OptionError(f"--scale must be a positive number, got {self.scale}")
-        if not (0.0 <= self.w <= 1.0):
+        if self.w is not None and not (0.0 <= self.w <= 1.0):
             raise OptionError(f"--w must be between 0 and 1, got {self.w}")
         if self.steps is not None and not (1 <= self.steps <= 1000):
             raise OptionError(f"--steps must be between 1 and 1000, got {self.steps}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write
+from .model_facts import ModelFacts
 from .errors import ChecksumError, CheckpointError, StableSRError, WeightsNotFoundError
 
 MANIFEST_FORMAT = "stablesr-manifest/1"
@@ -63,23 +64,16 @@ class FileSpec:
 class ModelSpec:
     """A model users name with `--model`: a diffusion checkpoint plus the CFW autoencoder it pairs with."""
 
-    name: str
-    description: str
+    facts: ModelFacts
+    """Prediction, native tile, default steps and w: everything the weights cannot tell."""
     file: FileSpec
     cfw_file: FileSpec
-    prediction: str
-    """'eps' or 'v': what the UNet predicts (from the upstream config, never guessed from weights)."""
-    tile_latent: int
-    """Native latent tile side (64 for the 512 family, 96 for 768v)."""
-    default_steps: int
-    default_w: float
     licence: str
     upstream_config: str = ""
 
     @property
-    def native_size(self) -> int:
-        """Native tile side in pixels."""
-        return self.tile_latent * 8
+    def name(self) -> str:
+        return self.facts.name
 
     @property
     def files(self) -> tuple[FileSpec, FileSpec]:
@@ -130,14 +124,16 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
         files = {name: _file_spec(name, raw) for name, raw in data["files"].items()}
         models = {
             name: ModelSpec(
-                name=name,
-                description=raw.get("description", ""),
+                facts=ModelFacts(
+                    name=name,
+                    prediction=raw["prediction"],
+                    native_tile=int(raw["tile_latent"]),
+                    default_steps=int(raw["default_steps"]),
+                    default_w=float(raw["default_w"]),
+                    summary=raw.get("description", ""),
+                ),
                 file=files[raw["file"]],
                 cfw_file=files[raw["cfw_file"]],
-                prediction=raw["prediction"],
-                tile_latent=int(raw["tile_latent"]),
-                default_steps=int(raw["default_steps"]),
-                default_w=float(raw["default_w"]),
                 licence=raw["licence"],
                 upstream_config=raw.get("upstream_config", ""),
             )
@@ -145,9 +141,6 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise StableSRError(f"weights manifest: malformed entry ({type(exc).__name__}: {exc}); reinstall stablesr") from None
-    for m in models.values():
-        if m.prediction not in ("eps", "v"):
-            raise StableSRError(f"weights manifest: model '{m.name}' has prediction {m.prediction!r}, expected 'eps' or 'v'")
     return Manifest(models=models, files=files, licence=dict(data.get("licence", {})), notes=tuple(data.get("notes", ())))
 
 
@@ -480,7 +473,7 @@ def _ensure_converted(
         else:
             written = convert_sr_checkpoint(
                 fetched.path, folder, model=model.name if model else None,
-                prediction=model.prediction if model else None, source_sha256=fetched.sha256,
+                prediction=model.facts.prediction if model else None, source_sha256=fetched.sha256,
                 text_heads=text_heads, note=note,
             )
             files = list(written.values())
@@ -496,15 +489,12 @@ def _ensure_converted(
 class ResolvedModel:
     """Everything an upscale needs to load a model."""
 
-    spec: ModelSpec
+    spec: ModelSpec | None
+    """The manifest's entry; None for a folder of converted weights of a model not in the manifest."""
     components: dict[str, Path]
     """'unet', 'time_encoder', 'vae', 'context_empty', 'cfw' (and 'text_encoder' when converted)."""
     source: str = ""
     """What was resolved: the model name or the path given."""
-
-    @property
-    def prediction(self) -> str:
-        return self.spec.prediction
 
 
 def _components_in(folder: Path) -> dict[str, Path]:
@@ -536,17 +526,15 @@ def _resolve_folder(folder: Path, *, offline: bool, on_event: WeightsCallback, t
     manifest = load_manifest()
     name = meta.get("model") or ""
     spec = manifest.models.get(name) or manifest.model_for_file(meta.get("source", ""))
-    if spec is None:
-        raise CheckpointError(
-            f"{folder}: the converted weights do not say which StableSR model they are; reconvert with "
-            "`stablesr weights convert CKPT --cfw CFW -o DIR --model NAME`"
-        )
-    if "cfw" not in components:
+    if "cfw" not in components and spec is not None:
         cfw = _ensure_converted(spec.cfw_file, None, from_dir=None, offline=offline, on_event=on_event, text_heads=text_heads)
         components["cfw"] = _components_in(cfw)["cfw"]
     missing = [p for p in REQUIRED_PARTS if p not in components]
     if missing:
-        raise WeightsNotFoundError(f"{folder}: missing {', '.join(f'{p}.safetensors' for p in missing)}; reconvert the checkpoint into it")
+        raise WeightsNotFoundError(
+            f"{folder}: missing {', '.join(f'{p}.safetensors' for p in missing)}; convert into it with "
+            f"`stablesr weights convert CKPT --cfw CFW_CKPT -o {folder}`"
+        )
     return ResolvedModel(spec=spec, components=components, source=str(folder))
 
 

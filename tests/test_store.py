@@ -90,11 +90,11 @@ def test_manifest_models():
     }
     for name, (sr, cfw, prediction, tile, steps, w) in expected.items():
         m = manifest.model(name)
-        assert (m.file.filename, m.cfw_file.filename, m.prediction, m.tile_latent, m.default_steps, m.default_w) == (
+        assert (m.file.filename, m.cfw_file.filename, m.facts.prediction, m.facts.native_tile, m.facts.default_steps, m.facts.default_w) == (
             sr, cfw, prediction, tile, steps, w
         )
         assert m.licence == "S-Lab License 1.0" and m.file.kind == "sr" and m.cfw_file.kind == "cfw"
-    assert manifest.model("v2-768v").native_size == 768
+    assert manifest.model("v2-768v").facts.native_size == 768
     for spec in manifest.files.values():
         assert spec.urls[0] == f"https://huggingface.co/{REPO}/resolve/main/{spec.filename}"
         assert spec.sha256 is None or (len(spec.sha256) == 64 and set(spec.sha256) <= set("0123456789abcdef"))
@@ -119,7 +119,7 @@ def test_first_use_downloads_verifies_and_converts(hub, tmp_path):
     events: list[store.WeightsEvent] = []
     model = store.ensure_model("turbo", on_event=events.append, text_heads=TEXT_HEADS)
 
-    assert model.spec.name == "turbo" and model.prediction == "eps"
+    assert model.spec.name == "turbo" and model.spec.facts.prediction == "eps"
     assert set(model.components) >= set(store.REQUIRED_PARTS)
     assert all(p.is_file() and str(p).startswith(str(tmp_path / "stablesr")) for p in model.components.values())
     # said what it fetches, how big and where

@@ -80,7 +80,7 @@ def _weights_report() -> list[WeightsReport]:
             }
             for f in status.files
         ]
-        reports.append(WeightsReport(status.spec.name, status.spec.description, status.ready, files, status.spec.licence))
+        reports.append(WeightsReport(status.spec.name, status.spec.facts.summary, status.ready, files, status.spec.licence))
     return reports
 
 

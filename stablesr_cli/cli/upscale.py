@@ -8,7 +8,6 @@ torch is imported only inside `_Batch`, never at CLI start-up.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -146,7 +145,7 @@ def upscale(
     console = make_console()
     try:
         options = UpscaleOptions(
-            scale=scale, w=DEFAULTS.w if w is None else w, steps=steps, seed=seed, color_fix=color_fix,
+            scale=scale, w=w, steps=steps, seed=seed, color_fix=color_fix,
             tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tiling=vae_tiling,
             vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
         )  # fmt: skip
@@ -172,7 +171,7 @@ def upscale(
         else:
             batch = _Batch(
                 jobs, options, report,
-                model=model, device=device, dtype=dtype, offline=offline, explicit_w=w is not None,
+                model=model, device=device, dtype=dtype, offline=offline,
                 quality=quality, max_pixels=_max_pixels(max_pixels), skip_existing=skip_existing,
                 overwrite=overwrite, stdout=stdout,
             )  # fmt: skip
@@ -277,7 +276,7 @@ class _Batch:
 
     def __init__(
         self, jobs: list[Job], options: UpscaleOptions, report: _Report, *, model: str, device: str,
-        dtype: Precision, offline: bool, explicit_w: bool, quality: int | None, max_pixels: int | None,
+        dtype: Precision, offline: bool, quality: int | None, max_pixels: int | None,
         skip_existing: bool, overwrite: bool, stdout: BinaryIO,
     ) -> None:  # fmt: skip
         self.jobs = jobs
@@ -287,7 +286,6 @@ class _Batch:
         self.device = device
         self.dtype = dtype
         self.offline = offline
-        self.explicit_w = explicit_w
         self.quality = quality
         self.max_pixels = max_pixels
         self.skip_existing = skip_existing
@@ -377,11 +375,9 @@ class _Batch:
             raise _RunAborted(self.model_name, str(error), EXIT_USAGE) from error
         except StableSRError as error:
             raise _RunAborted(self.model_name, str(error), EXIT_FAILED) from error
-        spec = self.upscaler.spec
-        if not self.explicit_w:
-            self.options = dataclasses.replace(self.options, w=spec.default_w)
-        steps = self.options.steps or spec.default_steps
-        self.report.note(f"model {spec.name} on {self.upscaler.device}, {steps} steps, w {self.options.w:g}")
+        self.options = self.upscaler.resolve_options(self.options)
+        facts = self.upscaler.facts
+        self.report.note(f"model {facts.name} on {self.upscaler.device}, {self.options.steps} steps, w {self.options.w:g}")
         return self.upscaler
 
     def _write(self, job: Job, result: Picture) -> str | None:

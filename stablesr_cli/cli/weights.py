@@ -125,8 +125,8 @@ def list_models() -> None:
         s = status.spec
         mark = "ready" if status.ready else f"run `stablesr weights download {s.name}`"
         out.print(
-            f"{s.name}: {s.description} prediction {s.prediction}, tile {s.native_size} px, "
-            f"{s.default_steps} steps, w {s.default_w}; {mark}",
+            f"{s.name}: {s.facts.summary} prediction {s.facts.prediction}, tile {s.facts.native_size} px, "
+            f"{s.facts.default_steps} steps, w {s.facts.default_w}; {mark}",
             markup=False, soft_wrap=True,
         )
     out.print(
@@ -209,7 +209,7 @@ def convert(
     try:
         written = convert_checkpoint(
             ckpt, output, cfw=cfw, fp16=fp16, keep_ema=keep_ema,
-            model=spec.name if spec else None, prediction=prediction or (spec.prediction if spec else None),
+            model=spec.name if spec else None, prediction=prediction or (spec.facts.prediction if spec else None),
             text_heads=text_heads, unet_head_channels=unet_head_channels, note=note,
         )
     except StableSRError as exc:

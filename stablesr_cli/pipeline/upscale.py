@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
+from ..models.autoencoder import LATENT_SCALE
 from ..options import UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from . import preprocess
@@ -27,8 +28,6 @@ from .noise import NoiseSource
 from .sampler import Denoiser, LatentTiling, sample
 from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
 from .tiling import GaussianBlender, Tile, pixel_patches
-
-LATENT_SCALE = 0.18215  # SD VAE scaling factor (config scale_factor)
 
 Progress = Callable[[ProgressEvent], None]
 
@@ -146,8 +145,9 @@ def upscale_tensor(
             f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
             "use a larger --scale"
         )
-    steps = opts.steps if opts.steps is not None else 200
-    schedule = respaced_schedule(steps)
+    if opts.steps is None or opts.w is None:
+        raise ValueError("options still hold model defaults (None); fill them in with model_facts.resolve_options")
+    schedule = respaced_schedule(opts.steps)
     tiling = latent_tiling(models, opts)
     min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
     x = img_lq.to(torch.float32) * 2.0 - 1.0
