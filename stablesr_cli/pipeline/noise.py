@@ -24,6 +24,14 @@ class NoiseSource(Protocol):
         ...
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU draw to `device` without making the host wait: a copy from pinned memory runs
+    asynchronously on CUDA, a copy from ordinary (pageable) memory blocks until it is done."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class SeededNoise:
     def __init__(self, seed: int) -> None:
         self.seed = seed

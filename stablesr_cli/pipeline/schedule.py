@@ -70,8 +70,13 @@ class Schedule:
         return self.betas
 
     def to(self, device: torch.device | str) -> "Schedule":
-        """The same schedule with every table on `device` (values unchanged)."""
-        moved = {name: getattr(self, name).to(device) for name in self.__dataclass_fields__}
+        """The same schedule with every coefficient table on `device` (values unchanged), moved once
+        so that no sampling step copies from the host. `timesteps` stays on the CPU: the sampler
+        reads them as Python ints, which on an accelerator would wait for the device every step."""
+        moved = {
+            name: getattr(self, name) if name == "timesteps" else getattr(self, name).to(device)
+            for name in self.__dataclass_fields__
+        }
         return Schedule(**moved)
 
 

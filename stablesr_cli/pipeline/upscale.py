@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from ..models.autoencoder import LATENT_SCALE
+from ..models.autoencoder import LATENT_SCALE, DiagonalGaussian
 from ..options import UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from . import preprocess
 from .colorfix import apply_color_fix
-from .noise import NoiseSource
+from .noise import NoiseSource, to_device
 from .sampler import Denoiser, LatentTiling, sample
 from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
 from .tiling import GaussianBlender, Tile, pixel_patches
@@ -103,15 +103,15 @@ def restore(
     report = progress or (lambda event: None)
     report(ProgressEvent("encode", patch=patch, total_patches=total_patches))
     x = x_lq.to(device=device, dtype=dtype)
-    # lean tiling on an accelerator: the full-resolution activations between GroupNorm sync points
-    # wait in host memory, so device memory scales with the tile, not the image
-    storage = torch.device("cpu") if opts.vae_tiling is VaeTiling.LEAN and device.type != "cpu" else None
+    storage = lean_storage_device(opts, device)
 
     # the LR latent: a posterior SAMPLE of the diffusion checkpoint's own VAE, then x_T = q_sample(z, 999)
     posterior, features = _encode(models.sd_vae, x, opts, storage)
-    eps_posterior = noise.draw(tuple(posterior.mean.shape)).to(device=device, dtype=posterior.mean.dtype)
+    # the latent is small: whatever device the encoder left it on, sampling happens on the compute device
+    posterior = DiagonalGaussian(posterior.mean.to(device), posterior.logvar.to(device))
+    eps_posterior = to_device(noise.draw(tuple(posterior.mean.shape)), device).to(posterior.mean.dtype)
     z_lq = (posterior.sample(eps_posterior) * LATENT_SCALE).float()  # [1, 4, h, w]
-    z_start = q_sample_start(z_lq, noise.draw(tuple(z_lq.shape), channels_last=True).to(device))
+    z_start = q_sample_start(z_lq, to_device(noise.draw(tuple(z_lq.shape), channels_last=True), device))
 
     def on_event(event: ProgressEvent) -> None:
         report(ProgressEvent(event.stage, event.step, event.total_steps, event.tile, event.total_tiles,
@@ -124,7 +124,16 @@ def restore(
     if models.sd_vae is not models.cfw_vae:  # the CFW features come from the CFW checkpoint's encoder
         _, features = _encode(models.cfw_vae, x, opts, storage)
     x_sr = _decode(models.cfw_vae, (z0 / LATENT_SCALE).to(dtype), features, opts, storage)
-    return apply_color_fix(opts.color_fix, x_sr.float(), x_lq.to(device=device, dtype=torch.float32))
+    # lean tiling leaves the image in storage; three channels at full size are cheap to bring back
+    return apply_color_fix(opts.color_fix, x_sr.to(device).float(), x_lq.to(device=device, dtype=torch.float32))
+
+
+def lean_storage_device(opts: UpscaleOptions, device: torch.device) -> torch.device | None:
+    """Where lean VAE tiling keeps full-resolution activations: host memory when computing on an
+    accelerator (device memory then scales with the tile, not the image); None: where they are made."""
+    if opts.vae_tiling is VaeTiling.LEAN and device.type != "cpu":
+        return torch.device("cpu")
+    return None
 
 
 @torch.no_grad()
