@@ -82,6 +82,9 @@ class Upscaler:
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        if torch_device.type == "cuda":
+            # the tiles of a run share a few shapes: let cuDNN pick the fastest kernels once per shape
+            torch.backends.cudnn.benchmark = True
         manifest_facts = {name: spec.facts for name, spec in load_manifest().models.items()}
         models, facts = load_models(
             components, device=torch_device, dtype=torch_dtype, base=facts, manifest_facts=manifest_facts
@@ -95,12 +98,30 @@ class Upscaler:
     def upscale_tensor(
         self, img_lq: torch.Tensor, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None
     ) -> torch.Tensor:
-        """[1, 3, H, W] in [0, 1] -> [1, 3, int(H*scale), int(W*scale)] in [0, 1] (CPU float32)."""
+        """[1, 3, H, W] in [0, 1] -> [1, 3, int(H*scale), int(W*scale)] in [0, 1] (CPU float32).
+
+        On an accelerator that runs out of memory, the image is retried with cheaper settings (see
+        `pipeline.memory.retry_settings`), each retry reported as a 'retry' progress event.
+        """
+        from .pipeline.memory import is_out_of_memory, release_cached_memory, retry_settings
         from .pipeline.noise import SeededNoise
         from .pipeline.upscale import upscale_tensor
 
         opts = self.resolve_options(options)
-        return upscale_tensor(img_lq, self.models, opts, SeededNoise(opts.seed), progress)
+        attempts = iter(retry_settings(opts, self.facts.native_size) if self.device.type != "cpu" else ())
+        while True:
+            try:
+                return upscale_tensor(img_lq, self.models, opts, SeededNoise(opts.seed), progress)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(error):
+                    raise
+                retry = next(attempts, None)
+                if retry is None:
+                    raise
+            release_cached_memory(self.device)
+            opts, change = retry
+            if progress is not None:
+                progress(ProgressEvent("retry", message=f"out of memory; retrying with {change}"))
 
     def upscale(self, image, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None, **overrides):
         """PIL image in, PIL RGB image out (8-bit, quantised by truncation as upstream)."""

@@ -68,8 +68,8 @@ class UpscaleOptions:
     tile_overlap: int | None = None
     """Overlap of latent tiles in pixels (multiple of 8); None: half a tile, upstream's default
     (32 of 64 latent for the 512 models, 48 of 96 in the 768v README)."""
-    tile_batch: int = 1
-    """Latent tiles per UNet call."""
+    tile_batch: int | None = 1
+    """Latent tiles per UNet call; None: as many as fit in the device's free memory (1 on a CPU)."""
     vae_tiling: VaeTiling = VaeTiling.UPSTREAM
     vae_tile_size: int = 1280
     """Pixel patch side for vae_tiling=upstream, tile side for lean (multiple of 32)."""
@@ -91,7 +91,7 @@ class UpscaleOptions:
             raise OptionError(
                 f"--tile-overlap ({self.tile_overlap}) must be smaller than --tile-size ({self.tile_size})"
             )
-        if self.tile_batch < 1:
+        if self.tile_batch is not None and self.tile_batch < 1:
             raise OptionError(f"--tile-batch must be at least 1, got {self.tile_batch}")
         if self.vae_tile_size < 64 or self.vae_tile_size % 32:
             raise OptionError(f"--vae-tile-size must be a multiple of 32 and at least 64, got {self.vae_tile_size}")

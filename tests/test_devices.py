@@ -171,3 +171,82 @@ def test_mps_is_a_known_device_word():
     else:
         with pytest.raises(OptionError, match="MPS"):
             resolve_device("mps")
+
+
+def test_out_of_memory_retries_with_cheaper_settings(monkeypatch):
+    """An accelerator that runs out of memory retries the image with one tile per call first (the
+    same result), then smaller tiles, then lean VAE tiling; each retry is reported."""
+    from stablesr_cli.api import Upscaler
+
+    base = tiny_upscaler()
+    upscaler = Upscaler(base.models, base.facts)
+    monkeypatch.setattr(Upscaler, "device", property(lambda self: torch.device("cuda", 0)))
+    monkeypatch.setattr("stablesr_cli.pipeline.memory.release_cached_memory", lambda device: None)
+    real = upscale_module.upscale_tensor
+    seen: list[int | None] = []
+
+    def fails_with_big_batches(img, models, opts, noise, progress=None):
+        seen.append(opts.tile_batch)
+        if opts.tile_batch != 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(img, models, opts, noise, progress)
+
+    monkeypatch.setattr(upscale_module, "upscale_tensor", fails_with_big_batches)
+    events = []
+    x = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(4))
+    options = UpscaleOptions(scale=2, tile_size=64, tile_overlap=32, tile_batch=4)
+    got = upscaler.upscale_tensor(x, options, progress=events.append)
+    assert seen == [4, 1]
+    assert [e.message for e in events if e.stage == "retry"] == ["out of memory; retrying with one diffusion tile per model call"]
+    assert torch.equal(got, real(x, base.models, base.resolve_options(dataclasses.replace(options, tile_batch=1)), SeededNoise(42)))
+
+
+def test_retry_settings_go_from_cheapest_to_lean_tiling_then_stop():
+    from stablesr_cli.pipeline.memory import retry_settings
+
+    steps = list(retry_settings(UpscaleOptions(tile_batch=None, w=0.5, steps=4), native_tile_px=512))
+    assert [change for _, change in steps] == [
+        "one diffusion tile per model call", "diffusion tiles of 384 px", "diffusion tiles of 256 px",
+        "lean VAE tiling with 512 px tiles",
+    ]
+    assert steps[-1][0].vae_tiling is VaeTiling.LEAN and steps[-1][0].tile_size == 256
+
+
+def test_other_errors_are_not_retried(monkeypatch):
+    from stablesr_cli.api import Upscaler
+
+    base = tiny_upscaler()
+    monkeypatch.setattr(Upscaler, "device", property(lambda self: torch.device("cuda", 0)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(upscale_module, "upscale_tensor", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        Upscaler(base.models, base.facts).upscale_tensor(torch.rand(1, 3, 8, 8))
+
+
+def test_auto_tile_batch_is_one_on_a_cpu_and_gives_the_same_image():
+    upscaler = tiny_upscaler()
+    x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(6))
+    fixed = upscaler.upscale_tensor(x, UpscaleOptions(scale=2, tile_size=64, tile_overlap=32, tile_batch=1))
+    auto = upscaler.upscale_tensor(x, UpscaleOptions(scale=2, tile_size=64, tile_overlap=32, tile_batch=None))
+    assert torch.equal(fixed, auto)
+
+
+def test_tile_batch_auto_from_the_command_line(tmp_path_factory, tmp_path):
+    from PIL import Image
+
+    from cli_helpers import FAST, invoke, tiny_model_folder
+
+    model = tiny_model_folder(tmp_path_factory)
+    Image.new("RGB", (20, 12), (10, 200, 90)).save(tmp_path / "a.png")
+    outputs = {}
+    for batch in ("1", "auto"):
+        result = invoke(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / f"{batch}.png"), "--model", str(model),
+                         *FAST, "--tile-batch", batch])
+        assert result.exit_code == 0, result.output
+        outputs[batch] = (tmp_path / f"{batch}.png").read_bytes()
+    assert outputs["1"] == outputs["auto"]
+    bad = invoke(["upscale", str(tmp_path / "a.png"), "--model", str(model), "--tile-batch", "many"])
+    assert bad.exit_code == 2 and "--tile-batch must be a whole number or auto" in bad.stderr

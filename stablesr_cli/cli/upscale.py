@@ -114,7 +114,7 @@ def upscale(
         Optional[int],
         typer.Option(help="Overlap of diffusion tiles in pixels (multiple of 8). Default: half a tile.", rich_help_panel=TILING, show_default=False),
     ] = DEFAULTS.tile_overlap,
-    tile_batch: Annotated[int, typer.Option(help="Diffusion tiles per model call (more is faster, needs more memory).", rich_help_panel=TILING)] = DEFAULTS.tile_batch,
+    tile_batch: Annotated[str, typer.Option(metavar="N|auto", help="Diffusion tiles per model call (more is faster on a GPU, needs more memory); auto: as many as fit in free GPU memory.", rich_help_panel=TILING)] = str(DEFAULTS.tile_batch),
     vae_tiling: Annotated[
         VaeTiling,
         typer.Option(case_sensitive=False, help="none: whole image at once; upstream: overlapping pixel patches as upstream does; lean: one diffusion run, VAE in tiles.", rich_help_panel=TILING),
@@ -146,7 +146,7 @@ def upscale(
     try:
         options = UpscaleOptions(
             scale=scale, w=w, steps=steps, seed=seed, color_fix=color_fix,
-            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tiling=vae_tiling,
+            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=_tile_batch(tile_batch), vae_tiling=vae_tiling,
             vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
         )  # fmt: skip
         request = OutputRequest(
@@ -188,6 +188,17 @@ def _open_json(path: Path) -> JsonLines:
         return JsonLines(path.open("a", encoding="utf-8"), owned=True)
     except OSError as error:
         raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
+
+
+def _tile_batch(value: str) -> int | None:
+    """`--tile-batch`: a whole number, or auto (None: as many as fit)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionError(f"--tile-batch must be a whole number or auto, got {value!r}") from None
 
 
 def _max_pixels(value: int | None) -> int | None:
@@ -357,7 +368,14 @@ class _Batch:
 
         upscaler = self._model()
         img_lq = to_model_input(picture)  # [1, 3, H, W] in [0, 1]
-        progress = self.progress.on_event if self.report.chatty else None
+        draw = self.progress.on_event if self.report.chatty else None
+
+        def progress(event) -> None:
+            if event.stage == "retry":  # out of memory on an accelerator
+                self.report.note(event.message)
+            elif draw is not None:
+                draw(event)
+
         img_sr = upscaler.upscale_tensor(img_lq, self.options, progress=progress)
         return from_model_output(picture, img_sr)
 

@@ -12,6 +12,7 @@ separate CFW checkpoint. Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ from .colorfix import apply_color_fix
 from .noise import NoiseSource, to_device
 from .sampler import Denoiser, LatentTiling, sample
 from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
-from .tiling import GaussianBlender, Tile, pixel_patches
+from .memory import auto_tile_batch
+from .tiling import GaussianBlender, Tile, latent_tiles, pixel_patches
 
 Progress = Callable[[ProgressEvent], None]
 
@@ -67,7 +69,22 @@ def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
     down = models.vae_downscale
     tile = opts.tile_size // down if opts.tile_size else models.native_tile
     overlap = tile // 2 if opts.tile_overlap is None else min(opts.tile_overlap // down, tile - 1)
-    return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch)
+    return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch or 1)
+
+
+def _fitted_tiling(models: StableSRModels, denoiser: Denoiser, opts: UpscaleOptions, z_lq: torch.Tensor) -> LatentTiling:
+    """The latent tiling, with `tile_batch=None` (auto) resolved against the device's free memory."""
+    tiling = latent_tiling(models, opts)
+    if opts.tile_batch is not None:
+        return tiling
+    height, width = z_lq.shape[-2:]
+    side_h, side_w = min(tiling.tile, height), min(tiling.tile, width)
+    probe = torch.zeros(1, z_lq.shape[1], side_h, side_w, device=z_lq.device)
+    batch = auto_tile_batch(
+        lambda: denoiser.predict(probe, probe, 999), tiling.tile,
+        len(latent_tiles(height, width, tiling.tile, tiling.overlap)), models.device, models.dtype, id(models.unet),
+    )  # fmt: skip
+    return dataclasses.replace(tiling, batch=batch)
 
 
 def _encode(vae: nn.Module, x: torch.Tensor, opts: UpscaleOptions, storage: torch.device | None):
@@ -118,7 +135,7 @@ def restore(
                              patch, total_patches))
 
     denoiser = Denoiser(models.unet, models.time_encoder, models.context, models.prediction)
-    z0 = sample(denoiser, z_start, z_lq, schedule, noise, latent_tiling(models, opts), on_event)
+    z0 = sample(denoiser, z_start, z_lq, schedule, noise, _fitted_tiling(models, denoiser, opts, z_lq), on_event)
 
     report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
     if models.sd_vae is not models.cfw_vae:  # the CFW features come from the CFW checkpoint's encoder
@@ -136,7 +153,7 @@ def lean_storage_device(opts: UpscaleOptions, device: torch.device) -> torch.dev
     return None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def upscale_tensor(
     img_lq: torch.Tensor,
     models: StableSRModels,
