@@ -10,7 +10,6 @@ import torch
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
 from stablesr_cli import __version__
-from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
@@ -39,11 +38,8 @@ def test_fresh_machine(tmp_path):
     assert torch.__version__ in text and "turbo" in text and "stablesr weights download turbo" in text
 
 
-def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch):
-    official = tmp_path / "official"
-    official.mkdir()
-    write_tiny_sr_ckpt(official / SR, text_width=64)  # 64 wide: open_clip heads, no head count needed
-    write_tiny_cfw_ckpt(official / CFW)
+def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch, official_tiny_wide):
+    official = official_tiny_wide  # 64-wide text tower: open_clip heads, no head count needed
     state = HubState(files={(REPO, name): (official / name).read_bytes() for name in (SR, CFW)})
     with HubServer(state, max_lifetime_s=120) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)

@@ -21,15 +21,12 @@ from stablesr_cli.checkpoints.convert import (
 from stablesr_cli.checkpoints.io import read_safetensors, read_state_dict
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
 from stablesr_cli.errors import CheckpointError
-from tiny_checkpoints import tiny_cfw_state_dict, tiny_sr_state_dict, write_tiny_cfw_ckpt, write_tiny_sr_ckpt
-
-TEXT_HEADS = 4  # the tiny text tower is 16 wide, not a multiple of open_clip's 64-wide heads
+from tiny_checkpoints import CFW_CKPT, SR_CKPT, TEXT_HEADS, tiny_cfw_state_dict, tiny_sr_state_dict
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("official")
-    return write_tiny_sr_ckpt(folder / "stablesr_000117.ckpt"), write_tiny_cfw_ckpt(folder / "vqgan_cfw_00011.ckpt")
+def ckpts(official_tiny) -> tuple[Path, Path]:
+    return official_tiny / SR_CKPT, official_tiny / CFW_CKPT
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ from PIL import Image
 
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
-from sd_shaped import write_sd_shaped_sr_ckpt
-from tiny_checkpoints import write_tiny_cfw_ckpt
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
@@ -18,11 +16,8 @@ FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64"]
 
 
 @pytest.fixture
-def hub_files(tmp_path):
-    official = tmp_path / "official"
-    official.mkdir()
-    write_sd_shaped_sr_ckpt(official / SR)
-    write_tiny_cfw_ckpt(official / CFW)
+def hub_files(official_sd_shaped):
+    official = official_sd_shaped
     return {(REPO, name): (official / name).read_bytes() for name in (SR, CFW)}
 
 

@@ -21,21 +21,17 @@ from stablesr_cli.checkpoints.convert import convert_checkpoint
 from stablesr_cli.checkpoints.io import read_safetensors, read_state_dict
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
 from stablesr_cli.errors import CheckpointError, ChecksumError, WeightsNotFoundError
-from tiny_checkpoints import tiny_sr_state_dict, write_tiny_cfw_ckpt, write_tiny_sr_ckpt
+from tiny_checkpoints import TEXT_HEADS, tiny_sr_state_dict
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
-TEXT_HEADS = 4  # the tiny text tower is 16 wide
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory) -> Path:
+def official(official_tiny) -> Path:
     """A folder holding the two files of the 'turbo' model under their official names."""
-    folder = tmp_path_factory.mktemp("official")
-    write_tiny_sr_ckpt(folder / SR)
-    write_tiny_cfw_ckpt(folder / CFW)
-    return folder
+    return official_tiny
 
 
 @pytest.fixture

@@ -11,20 +11,16 @@ from typer.testing import CliRunner
 from hub_server import HubServer, HubState
 from stablesr_cli.checkpoints.io import read_safetensors
 from stablesr_cli.cli.weights import app
-from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
+from tiny_checkpoints import WIDE_TEXT_WIDTH as TEXT_WIDTH
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
-# 64 wide: the CLI cannot be told a head count, and open_clip's heads are 64 wide
-TEXT_WIDTH = 64
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("official")
-    write_tiny_sr_ckpt(folder / SR, text_width=TEXT_WIDTH)
-    write_tiny_cfw_ckpt(folder / CFW)
-    return folder
+def official(official_tiny_wide) -> Path:
+    """The 64-wide text tower: `weights download` cannot be told a head count."""
+    return official_tiny_wide
 
 
 @pytest.fixture

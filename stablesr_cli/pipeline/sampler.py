@@ -1,4 +1,4 @@
-"""The denoising loop: respaced DDPM steps over Gaussian-blended latent tiles (spec 3.3, 4.4).
+"""The denoising loop: respaced DDPM steps over Gaussian-blended latent tiles (upstream `p_sample_loop_canvas`).
 
 At every step each tile's low-resolution latent goes through the time-aware encoder at the step's
 original timestep, the UNet predicts eps or v for the tile, the predictions are blended with

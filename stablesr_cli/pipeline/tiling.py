@@ -1,4 +1,4 @@
-"""Where tiles go and how their outputs are blended (spec 4.4, 4.5; Pitfalls 18, 20).
+"""Where tiles go and how their outputs are blended (upstream `p_mean_variance_canvas`, `ImageSpliterTh`).
 
 Two grids, both upstream's:
 * latent tiles of the canvas sampler (`latent_tiles`): fixed step tile - overlap, the last tile

@@ -1,4 +1,4 @@
-"""The whole data path of one image, top to bottom, on tensors (upstream `_oldcanvas_tile`, spec 4.3).
+"""One image's whole data path, top to bottom, on tensors (upstream `sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py`).
 
     img_lq [0,1] -> x [-1,1] -> enlarge by s, clamp -> reflect-pad to 32
       -> per pixel patch (or whole): z_lq = SD-VAE posterior sample -> x_T = q_sample(z_lq, 999)
@@ -116,7 +116,7 @@ def restore(
 ) -> torch.Tensor:
     """One full StableSR run on an image (or pixel patch) in [-1, 1] whose sides suit the VAEs -> [-1, 1]."""
     device, dtype = models.device, models.dtype
-    noise.reseed()  # every image and every pixel patch starts from the seed (spec 4.11)
+    noise.reseed()  # every image and pixel patch starts from the seed: no result depends on the rest of the batch
     report = progress or (lambda event: None)
     report(ProgressEvent("encode", patch=patch, total_patches=total_patches))
     x = x_lq.to(device=device, dtype=dtype)
