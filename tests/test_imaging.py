@@ -28,7 +28,7 @@ from stablesr_cli.imaging.io import (
     read_picture,
     write_picture,
 )
-from stablesr_cli.imaging.picture import from_model_output, to_model_input
+from stablesr_cli.imaging.tensor_bridge import from_model_output, to_model_input
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 ORIENTATION = 0x0112

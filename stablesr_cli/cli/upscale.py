@@ -355,7 +355,7 @@ class _Batch:
         return Outcome(job.label, job.destination_label, Status.FAILED, time.perf_counter() - started, error=problem)
 
     def _run_model(self, picture: Picture) -> Picture:
-        from ..imaging.picture import from_model_output, to_model_input
+        from ..imaging.tensor_bridge import from_model_output, to_model_input
 
         upscaler = self._model()
         img_lq = to_model_input(picture)  # [1, 3, H, W] in [0, 1]
