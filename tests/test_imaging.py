@@ -21,6 +21,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from stablesr_cli.errors import InputImageError, OptionError, OutputPathError
 from stablesr_cli.imaging import io as imaging_io
+from stablesr_cli.imaging import write as imaging_write
 from stablesr_cli.imaging.io import (
     Picture,
     encode_picture,
@@ -585,7 +586,7 @@ def test_failed_write_leaves_no_temporary_and_no_partial_file(tmp_path, monkeypa
         seen_temporaries.extend(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
         raise RuntimeError("encoder failed midway")
 
-    monkeypatch.setattr(imaging_io, "_encode_into", exploding_encoder)
+    monkeypatch.setattr(imaging_write, "_encode_into", exploding_encoder)
     with pytest.raises(RuntimeError, match="midway"):
         write_picture(read_picture(IMAGES / "0014.jpg"), out)
     assert len(seen_temporaries) == 1 and seen_temporaries[0].startswith(".out.png.")  # hidden, beside the target

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import LUMA_WEIGHTS, Picture
+from .picture import LUMA_WEIGHTS, Picture
 
 
 def to_model_input(picture: Picture) -> torch.Tensor:
