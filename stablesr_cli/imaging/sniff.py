@@ -11,7 +11,7 @@ import threading
 import zlib
 from io import BytesIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from ..errors import InputImageError
 
@@ -45,6 +45,12 @@ def open_image(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
         image = open_unlimited(data)
     except UnidentifiedImageError as error:
         claimed = format_claimed_by(data)
+        layout = _unreadable_tiff_layout(data) if claimed == "TIFF" else None
+        if layout is not None:
+            raise InputImageError(
+                f"{label}: a {layout}, which Pillow cannot decode; save it as a 16-bit TIFF or PNG "
+                "(one-channel floating-point TIFFs are read)"
+            ) from error
         if claimed is not None:
             raise InputImageError(
                 f"{label}: starts like a {claimed} file but its header is corrupt; re-export or re-download it"
@@ -81,6 +87,32 @@ def format_claimed_by(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     return next((name for signature, name in _SIGNATURES if data.startswith(signature)), None)
+
+
+_SAMPLE_FORMAT_TAG, _SAMPLES_PER_PIXEL_TAG, _BITS_PER_SAMPLE_TAG = 339, 277, 258
+_FLOAT_SAMPLES = 3  # TIFF SampleFormat: IEEE floating point
+
+
+def _unreadable_tiff_layout(data: bytes) -> str | None:
+    """Name a well-formed TIFF layout that Pillow has no decoder for: floating-point samples with
+    several channels (HDR and scientific exports), which would otherwise be called a corrupt header."""
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8])
+        stream = BytesIO(data)
+        stream.seek(directory.next)
+        directory.load(stream)
+    except (*DECODING_ERRORS, KeyError, IndexError):
+        return None
+    sample_formats = _as_tuple(directory.get(_SAMPLE_FORMAT_TAG, 1))
+    samples = directory.get(_SAMPLES_PER_PIXEL_TAG, 1)
+    if _FLOAT_SAMPLES not in sample_formats or not isinstance(samples, int) or samples < 2:
+        return None
+    bits = max(_as_tuple(directory.get(_BITS_PER_SAMPLE_TAG, 32)))
+    return f"{bits}-bit floating-point TIFF with {samples} samples per pixel"
+
+
+def _as_tuple(value: object) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
 
 
 def reason(error: BaseException) -> str:

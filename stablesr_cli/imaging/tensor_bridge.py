@@ -6,6 +6,7 @@ model never sees (alpha, greyness, metadata) is put back here, at the output siz
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +14,17 @@ import torch
 import torch.nn.functional as F
 
 from .picture import LUMA_WEIGHTS, Picture
+
+UpscaleRGB = Callable[[torch.Tensor], torch.Tensor]
+"""The model's job: RGB [1, 3, H, W] float32 in [0, 1] -> RGB [1, 3, H', W'] in [0, 1]."""
+
+
+def upscale_picture(picture: Picture, upscale_rgb: UpscaleRGB) -> Picture:
+    """`picture` through `upscale_rgb`, with alpha, greyness, bit depth and metadata put back at the new size.
+
+    The one path every image takes, from the command line (files) and from Python (Pillow images).
+    """
+    return from_model_output(picture, upscale_rgb(to_model_input(picture)))
 
 
 def to_model_input(picture: Picture) -> torch.Tensor:
