@@ -124,16 +124,15 @@ class Upscaler:
                 progress(ProgressEvent("retry", message=f"out of memory; retrying with {change}"))
 
     def upscale(self, image, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None, **overrides):
-        """PIL image in, PIL RGB image out (8-bit, quantised by truncation as upstream)."""
-        import numpy as np
-        from PIL import Image
+        """A PIL image in, a PIL image of the same kind out: "L", "LA", "RGB", "RGBA", "I;16", "I" and "F"
+        keep their mode ("P" with transparency becomes "RGBA", other palettes "RGB"), alpha is
+        upscaled, EXIF orientation is applied, and ICC profile, EXIF and DPI are in `info`. 8-bit
+        samples are quantised by truncation, as upstream. Non-finite float pixels are replaced and
+        reported as an `ImageChangedWarning`."""
+        from .imaging.pil_images import upscale_pil_image
 
-        from .pipeline.preprocess import to_uint8
-
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
-        return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
+        opts = self.resolve_options(options, **overrides)
+        return upscale_pil_image(image, lambda img_lq: self.upscale_tensor(img_lq, opts, progress))
 
 
 def tqdm_progress(desc: str = "stablesr") -> ProgressCallback:

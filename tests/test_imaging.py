@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 import zlib
 from dataclasses import replace
@@ -21,6 +22,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from stablesr_cli.errors import InputImageError, OptionError, OutputPathError
 from stablesr_cli.imaging import io as imaging_io
+from stablesr_cli.imaging import write as imaging_write
 from stablesr_cli.imaging.io import (
     Picture,
     encode_picture,
@@ -28,7 +30,7 @@ from stablesr_cli.imaging.io import (
     read_picture,
     write_picture,
 )
-from stablesr_cli.imaging.picture import from_model_output, to_model_input
+from stablesr_cli.imaging.tensor_bridge import from_model_output, to_model_input
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 ORIENTATION = 0x0112
@@ -289,6 +291,68 @@ def test_grey_modes(tmp_path, image, bit_depth, grey_value):
     pic = read_picture(save(image, tmp_path / "grey.tif"))
     assert pic.is_grey and pic.bit_depth == bit_depth and pic.alpha is None
     assert pic.rgb[0, 0].tolist() == pytest.approx([grey_value] * 3, abs=1e-6)
+
+
+def float_grey_tiff(folder: Path, samples: np.ndarray, name: str = "float.tif") -> Path:
+    return save(Image.fromarray(samples.astype(np.float32), "F"), folder / name)
+
+
+def float_rgb_tiff(samples: np.ndarray) -> bytes:
+    """An uncompressed little-endian TIFF of float32 samples [H, W, C] (SampleFormat 3: IEEE float),
+    a layout HDR and scientific tools write and Pillow cannot decode."""
+    height, width, channels = samples.shape
+    pixels = samples.astype("<f4").tobytes()
+    entries, directory_at = 10, 8
+    extra_at = directory_at + 2 + entries * 12 + 4  # per-channel BitsPerSample and SampleFormat follow the IFD
+    per_channel = struct.pack(f"<{channels}H", *[32] * channels) + struct.pack(f"<{channels}H", *[3] * channels)
+    pixels_at = extra_at + len(per_channel)
+    tags = [  # (tag, type: 3 short / 4 long, count, value or offset)
+        (256, 4, 1, width), (257, 4, 1, height), (258, 3, channels, extra_at), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 1, pixels_at), (277, 3, 1, channels), (278, 4, 1, height), (279, 4, 1, len(pixels)),
+        (339, 3, channels, extra_at + 2 * channels),
+    ]  # fmt: skip
+    out = b"II*\x00" + struct.pack("<IH", directory_at, entries)
+    for tag, kind, count, value in tags:
+        inline = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + inline
+    return out + struct.pack("<I", 0) + per_channel + pixels
+
+
+def test_float_grey_nan_and_infinity_are_replaced_and_reported(tmp_path):
+    samples = np.full((4, 6), 0.5, dtype=np.float32)
+    samples[0, :3] = np.nan
+    samples[1, 0] = np.inf
+    samples[2, 0] = -np.inf
+    path = float_grey_tiff(tmp_path, samples)
+    pic = read_picture(path)
+    assert pic.warnings == (
+        f"{path}: 5 of 24 pixels were not finite (3 NaN, 1 +inf, 1 -inf); "
+        "NaN and -inf were replaced by 0 (black), +inf by 1 (white)",
+    )
+    grey = pic.rgb[..., 0]
+    assert np.isfinite(pic.rgb).all()
+    assert grey[0, :3].tolist() == [0, 0, 0] and grey[1, 0] == 1 and grey[2, 0] == 0 and grey[3, 5] == 0.5
+
+
+def test_finite_images_carry_no_warnings(tmp_path):
+    assert read_picture(float_grey_tiff(tmp_path, np.full((2, 2), 2.0))).warnings == ()  # out of range: clipped
+    assert read_picture(IMAGES / "00003.png").warnings == ()
+
+
+def test_float_grey_without_a_single_finite_pixel_is_refused(tmp_path):
+    path = float_grey_tiff(tmp_path, np.full((3, 3), np.nan))
+    with pytest.raises(InputImageError, match=rf"^{re.escape(str(path))}: every pixel is NaN or infinite"):
+        read_picture(path)
+
+
+def test_float_colour_tiff_is_named_not_called_corrupt(tmp_path):
+    path = write_file(tmp_path, "hdr.tif", float_rgb_tiff(np.random.default_rng(0).random((4, 5, 3))))
+    with pytest.raises(InputImageError) as caught:
+        read_picture(path)
+    assert str(caught.value) == (
+        f"{path}: a 32-bit floating-point TIFF with 3 samples per pixel, which Pillow cannot decode; "
+        "save it as a 16-bit TIFF or PNG (one-channel floating-point TIFFs are read)"
+    )
 
 
 def test_grey_with_alpha_and_rgb_with_transparent_colour(tmp_path):
@@ -585,7 +649,7 @@ def test_failed_write_leaves_no_temporary_and_no_partial_file(tmp_path, monkeypa
         seen_temporaries.extend(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
         raise RuntimeError("encoder failed midway")
 
-    monkeypatch.setattr(imaging_io, "_encode_into", exploding_encoder)
+    monkeypatch.setattr(imaging_write, "_encode_into", exploding_encoder)
     with pytest.raises(RuntimeError, match="midway"):
         write_picture(read_picture(IMAGES / "0014.jpg"), out)
     assert len(seen_temporaries) == 1 and seen_temporaries[0].startswith(".out.png.")  # hidden, beside the target

@@ -71,6 +71,24 @@ def test_pipeline_reads_no_files_and_draws_no_ui(path):
     assert not _hits(all_imports(path), forbidden)
 
 
+IMAGING_WITH_TORCH = ("tensor_bridge.py", "pil_images.py")
+"""The two imaging modules that hand pixels to the model; the file readers and writers stay torch-free."""
+
+
+@pytest.mark.parametrize("path", files("imaging"), ids=lambda p: p.name)
+def test_imaging_draws_no_ui_and_knows_no_model(path):
+    forbidden = (
+        "typer", "rich", "stablesr_cli.cli", "stablesr_cli.api", "stablesr_cli.pipeline",
+        "stablesr_cli.models", "stablesr_cli.checkpoints", "stablesr_cli.store",
+    )  # fmt: skip
+    assert not _hits(all_imports(path), forbidden)
+
+
+@pytest.mark.parametrize("path", [p for p in files("imaging") if p.name not in IMAGING_WITH_TORCH], ids=lambda p: p.name)
+def test_image_files_are_read_and_written_without_torch(path):
+    assert not _hits(all_imports(path), ("torch",))
+
+
 @pytest.mark.parametrize("name", ["options.py", "errors.py", "progress.py", "store.py", "model_facts.py", "atomic.py"])
 def test_light_modules_import_no_torch_at_module_level(name):
     assert not _hits(module_level_imports(PACKAGE / name), ("torch", "numpy", "huggingface_hub"))

@@ -20,6 +20,7 @@ from rich.console import Console
 from ..errors import OptionError, OutputPathError, StableSRError
 from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
 from .console import (
+    PROGRAM,
     JsonLines,
     Outcome,
     RunProgress,
@@ -246,6 +247,9 @@ class _Report:
         elif outcome.status is Status.DONE and not self.live:
             size = f"{outcome.size[0]}x{outcome.size[1]}, " if outcome.size else ""
             print_line(self.console, f"{outcome.input} -> {outcome.output} ({size}{format_seconds(outcome.seconds)})")
+        if not self.quiet:
+            for warning in outcome.warnings:
+                print_line(self.console, f"{PROGRAM}: warning: {warning}", style="yellow")
 
     def note(self, message: str) -> None:
         """A message about the run itself (model download, loading), not about one image."""
@@ -358,16 +362,16 @@ class _Batch:
         return Outcome(
             job.label, job.destination_label, Status.DONE, seconds=time.perf_counter() - started,
             size=(result.width, result.height), input_size=(picture.width, picture.height),
+            warnings=picture.warnings,
         )  # fmt: skip
 
     def _failed(self, job: Job, problem: str, started: float) -> Outcome:
         return Outcome(job.label, job.destination_label, Status.FAILED, time.perf_counter() - started, error=problem)
 
     def _run_model(self, picture: Picture) -> Picture:
-        from ..imaging.picture import from_model_output, to_model_input
+        from ..imaging.tensor_bridge import upscale_picture
 
         upscaler = self._model()
-        img_lq = to_model_input(picture)  # [1, 3, H, W] in [0, 1]
         draw = self.progress.on_event if self.report.chatty else None
 
         def progress(event) -> None:
@@ -376,8 +380,7 @@ class _Batch:
             elif draw is not None:
                 draw(event)
 
-        img_sr = upscaler.upscale_tensor(img_lq, self.options, progress=progress)
-        return from_model_output(picture, img_sr)
+        return upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=progress))
 
     def _model(self) -> Upscaler:
         if self.upscaler is not None:
