@@ -57,27 +57,25 @@ class Upscaler:
         dtype: str = "auto",
         offline: bool | None = None,
         on_event: Callable[[str], None] | None = None,
+        on_weights_event: Callable | None = None,
     ) -> "Upscaler":
         """A manifest name (turbo, v2-512, v2-768v, face), an official .ckpt, or a folder of converted files.
 
         Missing weights are downloaded and converted on first use (unless offline), with what is
-        fetched reported through `on_event`.
+        fetched reported through `on_event` (one line of text per step), or through
+        `on_weights_event`, which receives each `store.WeightsEvent`, download byte counts included.
         """
-        path = Path(os.fspath(model)).expanduser()
-        if path.is_dir():
-            from .checkpoints.convert import find_converted
-
-            components = find_converted(path)
-            if all(name in components for name in _NEEDED):
-                return cls.from_components(components, device=device, dtype=dtype)
         from .store import ensure_model
 
-        def note(event) -> None:  # the store reports WeightsEvent objects; callers get their text
-            if on_event is not None and getattr(event, "kind", "") != "progress":
-                on_event(getattr(event, "message", str(event)))
+        def note(event) -> None:
+            if on_weights_event is not None:
+                on_weights_event(event)
+            elif on_event is not None and event.kind != "progress":
+                on_event(event.message)
 
         resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
-        return cls.from_components(resolved.components, device=device, dtype=dtype, info=ModelInfo.from_spec(resolved.spec))
+        info = ModelInfo.from_spec(resolved.spec) if resolved.spec is not None else None
+        return cls.from_components(resolved.components, device=device, dtype=dtype, info=info)
 
     @classmethod
     def from_components(

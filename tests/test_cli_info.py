@@ -9,11 +9,17 @@ import torch
 
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
+from store_helpers import unpublished
 from stablesr_cli import __version__
 from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
 
 
 def info_json() -> dict:

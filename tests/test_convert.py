@@ -14,13 +14,13 @@ from stablesr_cli.checkpoints.convert import (
     CONTEXT_TENSOR,
     FORMAT,
     convert_cfw_checkpoint,
-    convert_checkpoint,
     convert_sr_checkpoint,
     find_converted,
 )
 from stablesr_cli.checkpoints.io import read_safetensors, read_state_dict
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
 from stablesr_cli.errors import CheckpointError
+from stablesr_cli.store import convert_checkpoint
 from tiny_checkpoints import tiny_cfw_state_dict, tiny_sr_state_dict, write_tiny_cfw_ckpt, write_tiny_sr_ckpt
 
 TEXT_HEADS = 4  # the tiny text tower is 16 wide, not a multiple of open_clip's 64-wide heads

@@ -9,12 +9,18 @@ from PIL import Image
 
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
+from store_helpers import unpublished
 from sd_shaped import write_sd_shaped_sr_ckpt
 from tiny_checkpoints import write_tiny_cfw_ckpt
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
 FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64"]
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
 
 
 @pytest.fixture

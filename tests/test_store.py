@@ -9,15 +9,14 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from hub_server import COMMIT, HubServer, HubState
+from store_helpers import patch_manifest, unpublished
 from stablesr_cli import store
-from stablesr_cli.checkpoints.convert import convert_checkpoint
 from stablesr_cli.checkpoints.io import read_safetensors, read_state_dict
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
 from stablesr_cli.errors import CheckpointError, ChecksumError, WeightsNotFoundError
@@ -52,15 +51,13 @@ def _unused_endpoint() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
+
+
 def _with_sha(monkeypatch, filename: str, sha: str) -> None:
-    manifest = store.load_manifest()
-    files = dict(manifest.files)
-    files[filename] = replace(files[filename], sha256=sha)
-    models = {
-        name: replace(m, file=files[m.file.filename], cfw_file=files[m.cfw_file.filename]) for name, m in manifest.models.items()
-    }
-    patched = replace(manifest, files=files, models=models)
-    monkeypatch.setattr(store, "load_manifest", lambda: patched)
+    patch_manifest(monkeypatch, **{SR: {"sha256": None, "size": None}, CFW: {"sha256": None, "size": None}, filename: {"sha256": sha}})
 
 
 def _sha(path: Path) -> str:
@@ -267,7 +264,7 @@ def test_model_given_as_a_ckpt_path(official, monkeypatch):
 
 def test_model_given_as_a_folder_of_converted_files(official, hub, tmp_path):
     folder = tmp_path / "mine"
-    convert_checkpoint(official / SR, folder, model="turbo", prediction="eps", text_heads=TEXT_HEADS)
+    store.convert_checkpoint(official / SR, folder, model="turbo", prediction="eps", text_heads=TEXT_HEADS)
     model = store.ensure_model(folder)  # no cfw.safetensors there: the paired CFW is fetched
     assert model.spec.name == "turbo" and model.components["unet"] == folder / "unet.safetensors"
     assert model.components["cfw"].is_file() and len(hub.state.gets(CFW)) == 1 and hub.state.gets(SR) == []

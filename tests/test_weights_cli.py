@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from hub_server import HubServer, HubState
+from store_helpers import unpublished
 from stablesr_cli.checkpoints.io import read_safetensors
 from stablesr_cli.cli.weights import app
 from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
@@ -17,6 +18,11 @@ REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
 # 64 wide: the CLI cannot be told a head count, and open_clip's heads are 64 wide
 TEXT_WIDTH = 64
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +101,7 @@ def test_convert(runner, official, tmp_path):
     assert result.exit_code == 0, result.stderr
     names = {p.name for p in out.iterdir()}
     assert names == {"unet.safetensors", "time_encoder.safetensors", "vae.safetensors", "text_encoder.safetensors",
-                     "context_empty.safetensors", "cfw.safetensors"}
+                     "context_empty.safetensors", "cfw.safetensors", "stamp.json"}
     tensors, meta = read_safetensors(out / "unet.safetensors")
     assert meta["model"] == "turbo" and meta["prediction"] == "eps" and meta["format"] == "stablesr/1"
     assert all(t.dtype == torch.float16 for t in tensors.values())
