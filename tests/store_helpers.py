@@ -8,11 +8,12 @@ from dataclasses import replace
 from stablesr_cli.store import manifest as manifest_module
 
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+_PACKAGED = manifest_module.packaged_manifest  # taken before any test stands in its own
 
 
 def patch_manifest(monkeypatch, **changes_by_file: dict) -> None:
     """Use the packaged manifest with `changes_by_file[filename]` applied to those files' records."""
-    manifest = manifest_module.packaged_manifest()
+    manifest = _PACKAGED()
     files = dict(manifest.files)
     for filename, changes in changes_by_file.items():
         files[filename] = replace(files[filename], **changes)

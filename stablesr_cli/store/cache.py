@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import remove_stale_temporaries
 from .conversion import convert_fetched
 from .events import WeightsCallback, WeightsEvent
 from .fetch import cached_download, fetch_file
@@ -48,6 +49,7 @@ def ensure_converted(
             name, problem = next(iter(damaged.items()))
             on_event(WeightsEvent("note", f"{folder / name}: {problem}; converting {spec.filename} again", file=spec.filename))
         fetched = fetch_file(spec, from_dir=from_dir, offline=offline, on_event=on_event)
+        remove_stale_temporaries(folder)  # a conversion killed with SIGKILL leaves gigabytes behind
 
         def note(line: str) -> None:
             on_event(WeightsEvent("convert", f"{spec.filename}: {line}", file=spec.filename))
