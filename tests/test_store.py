@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,22 @@ def test_store_imports_without_torch_or_huggingface_hub():
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_checking_a_file_and_a_folder_never_imports_torch(official, tmp_path):
+    folder = tmp_path / "mine"
+    store.convert_checkpoint(official / SR, folder, cfw=official / CFW, model="turbo", text_heads=TEXT_HEADS)
+    code = (
+        "import sys; from stablesr_cli import store; from store_helpers import unpublished; import pytest;"
+        "unpublished(pytest.MonkeyPatch());"
+        f"fetched = store.fetch_file(store.load_manifest().files[{SR!r}], from_dir={str(official)!r});"
+        f"checks = store.verify_folder({str(folder)!r}); store.model_status();"
+        "assert fetched.sha256 and all(c.ok for c in checks);"
+        "heavy = [m for m in ('torch', 'numpy', 'safetensors') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

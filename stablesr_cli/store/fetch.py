@@ -254,7 +254,7 @@ def fetch_file(
     if is_offline(offline):
         raise WeightsNotFoundError(
             f"{spec.filename} is not on this machine and offline mode is on; fetch it with `{download_command(spec)}` "
-            "(online), or copy it into a folder DIR and run it with --from-dir DIR"
+            f"(online), or copy it into a folder DIR and run `{download_command(spec)} --from-dir DIR`"
         )
     usable_hub_cache_dir()
     require_reachable([spec], _model_of(spec))
