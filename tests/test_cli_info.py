@@ -65,3 +65,10 @@ def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch):
     text = " ".join(human.stdout.split())
     assert "ready" in text and "SHA-256 matches the Hub's published hash" in text
     assert "No model is ready yet" not in text
+
+    vae = tmp_path / "stablesr" / "converted" / "stablesr_turbo" / "vae.safetensors"
+    vae.write_bytes(vae.read_bytes()[:-1])  # truncated: no longer ready, and said so
+    turbo = {m["name"]: m for m in info_json()["models"]}["turbo"]
+    assert not turbo["ready"] and "vae.safetensors" in turbo["files"][0]["damaged"]
+    text = " ".join(invoke(["info"]).stdout.split())
+    assert "damaged" in text and "stablesr weights download" in text
