@@ -41,25 +41,24 @@ class Upscaler:
         dtype: str = "auto",
         offline: bool | None = None,
         on_event: Callable[[str], None] | None = None,
-        on_progress: Callable[[object], None] | None = None,
+        on_weights_event: Callable | None = None,
     ) -> "Upscaler":
         """A manifest name (turbo, v2-512, v2-768v, face), an official .ckpt, or a folder of converted files.
 
         Missing weights are downloaded and converted on first use (unless offline), with what is
-        fetched reported through `on_event` (text) and byte progress through `on_progress` (the
-        store's `WeightsEvent`s of kind 'progress').
+        fetched reported through `on_event` (one line of text per step), or through
+        `on_weights_event`, which receives each `store.WeightsEvent`, download byte counts included.
         """
         from .store import ensure_model
 
         torch_device = resolve_device(device)  # device and dtype problems surface before any download
         resolve_dtype(dtype, torch_device)
 
-        def note(event) -> None:  # the store reports WeightsEvent objects
-            if getattr(event, "kind", "") == "progress":
-                if on_progress is not None:
-                    on_progress(event)
-            elif on_event is not None:
-                on_event(getattr(event, "message", str(event)))
+        def note(event) -> None:
+            if on_weights_event is not None:
+                on_weights_event(event)
+            elif on_event is not None and event.kind != "progress":
+                on_event(event.message)
 
         resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
         base = resolved.spec.facts if resolved.spec is not None else None

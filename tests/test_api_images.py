@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from cli_helpers import FAST, IMAGES, crop_fixture, gradient, invoke, tiny_model_folder
+from cli_helpers import FAST, IMAGES, crop_fixture, gradient, invoke
 from stablesr_cli.api import Upscaler
 from stablesr_cli.errors import InputImageError
 from stablesr_cli.imaging.pil_images import ImageChangedWarning
@@ -28,10 +28,10 @@ ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
-def upscaler(tmp_path_factory) -> Upscaler:
+def upscaler(tiny_model_dir) -> Upscaler:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors run fastest on one thread, and the CI box is shared
-    yield Upscaler.from_pretrained(tiny_model_folder(tmp_path_factory))
+    yield Upscaler.from_pretrained(tiny_model_dir)
     torch.set_num_threads(before)
 
 
@@ -115,10 +115,10 @@ def test_exif_orientation_is_applied_and_metadata_carried(upscaler):
     assert saved.getexif().get(ORIENTATION) == 1 and saved.info["icc_profile"] == icc
 
 
-def test_api_and_cli_give_the_same_image(upscaler, tmp_path, tmp_path_factory):
+def test_api_and_cli_give_the_same_image(upscaler, tmp_path, tiny_model_dir):
     """One implementation: the same RGBA file through `stablesr upscale` and through `Upscaler.upscale`."""
     source = crop_fixture("children-alpha.png", tmp_path / "rgba.png")
-    model = ["--model", str(tiny_model_folder(tmp_path_factory)), *FAST, "--w", "0.5"]
+    model = ["--model", str(tiny_model_dir), *FAST, "--w", "0.5"]
     result = invoke(["upscale", str(source), "-o", str(tmp_path / "cli.png"), *model])
     assert result.exit_code == 0, result.stderr
     from_cli = Image.open(tmp_path / "cli.png")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import FAST, crop_fixture, error_lines, invoke, tiny_model_folder
+from cli_helpers import FAST, crop_fixture, error_lines, invoke
 from stablesr_cli.imaging.io import read_picture
 
 
@@ -19,10 +19,10 @@ def offline(isolated, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> list[str]:
+def model(tiny_model_dir) -> list[str]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors run fastest on one thread, and the CI box is shared
-    yield ["--model", str(tiny_model_folder(tmp_path_factory)), *FAST]
+    yield ["--model", str(tiny_model_dir), *FAST]
     torch.set_num_threads(before)
 
 

@@ -9,10 +9,16 @@ import torch
 
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
+from store_helpers import unpublished
 from stablesr_cli import __version__
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
 
 
 def info_json() -> dict:
@@ -55,3 +61,10 @@ def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch, of
     text = " ".join(human.stdout.split())
     assert "ready" in text and "SHA-256 matches the Hub's published hash" in text
     assert "No model is ready yet" not in text
+
+    vae = tmp_path / "stablesr" / "converted" / "stablesr_turbo" / "vae.safetensors"
+    vae.write_bytes(vae.read_bytes()[:-1])  # truncated: no longer ready, and said so
+    turbo = {m["name"]: m for m in info_json()["models"]}["turbo"]
+    assert not turbo["ready"] and "vae.safetensors" in turbo["files"][0]["damaged"]
+    text = " ".join(invoke(["info"]).stdout.split())
+    assert "damaged" in text and "stablesr weights download" in text

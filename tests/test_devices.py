@@ -234,12 +234,12 @@ def test_auto_tile_batch_is_one_on_a_cpu_and_gives_the_same_image():
     assert torch.equal(fixed, auto)
 
 
-def test_tile_batch_auto_from_the_command_line(tmp_path_factory, tmp_path):
+def test_tile_batch_auto_from_the_command_line(tiny_model_dir, tmp_path):
     from PIL import Image
 
-    from cli_helpers import FAST, invoke, tiny_model_folder
+    from cli_helpers import FAST, invoke
 
-    model = tiny_model_folder(tmp_path_factory)
+    model = tiny_model_dir
     Image.new("RGB", (20, 12), (10, 200, 90)).save(tmp_path / "a.png")
     outputs = {}
     for batch in ("1", "auto"):

@@ -18,18 +18,7 @@ from ..pipeline.schedule import Prediction
 from ..pipeline.upscale import StableSRModels
 from .assemble import build_autoencoder, build_time_encoder, build_unet
 from .io import read_safetensors
-
-NEEDED = ("unet", "time_encoder", "vae", "cfw", "context_empty")
-"""The converted components an upscale loads (the text tower only for prompts)."""
-
-_FILE_NAMES = {
-    "unet": "unet.safetensors",
-    "time_encoder": "time_encoder.safetensors",
-    "vae": "vae.safetensors",
-    "cfw": "cfw.safetensors",
-    "context_empty": "context_empty.safetensors",
-}
-
+from .layout import COMPONENT_FILES, REQUIRED_COMPONENTS
 
 def load_models(
     components: Mapping[str, Path],
@@ -45,15 +34,15 @@ def load_models(
     released model) or, without it, of the manifest's facts of the model the metadata names
     (`manifest_facts`, name -> facts); SD 2.x defaults fill in the rest.
     """
-    missing = [name for name in NEEDED if name not in components]
+    missing = [name for name in REQUIRED_COMPONENTS if name not in components]
     if missing:
         where = Path(next(iter(components.values()))).parent if components else None
-        files = ", ".join(_FILE_NAMES[name] for name in missing)
+        files = ", ".join(COMPONENT_FILES[name] for name in missing)
         place = f"{where}: " if where else ""
         raise WeightsNotFoundError(
             f"{place}missing {files}; create the folder with `stablesr weights convert CKPT --cfw CFW_CKPT -o DIR`"
         )
-    loaded = {name: read_safetensors(components[name]) for name in NEEDED}
+    loaded = {name: read_safetensors(components[name]) for name in REQUIRED_COMPONENTS}
     unet_meta = loaded["unet"][1]
     facts = facts_from_metadata(
         str(components["unet"]), unet_meta, loaded["time_encoder"][1],

@@ -386,12 +386,14 @@ class _Batch:
         if self.upscaler is not None:
             return self.upscaler
         from ..api import Upscaler
+        from .downloads import DownloadView
 
         try:
-            self.upscaler = Upscaler.from_pretrained(
-                self.model_name, device=self.device, dtype=self.dtype.value,
-                offline=True if self.offline else None, on_event=self.report.note,
-            )  # fmt: skip
+            with DownloadView(self.report.console, enabled=self.report.chatty, style="dim") as view:
+                self.upscaler = Upscaler.from_pretrained(
+                    self.model_name, device=self.device, dtype=self.dtype.value,
+                    offline=True if self.offline else None, on_weights_event=view,
+                )  # fmt: skip
         except OptionError as error:
             raise _RunAborted(self.model_name, str(error), EXIT_USAGE) from error
         except StableSRError as error:
