@@ -158,7 +158,7 @@ def upscale_tensor(
 
     split = opts.vae_tiling is VaeTiling.UPSTREAM and max(padded_h, padded_w) > opts.vae_tile_size
     if split:  # upstream's pixel patches: each one a complete run, blended with Gaussian weights
-        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.vae_tile_stride)
+        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.patch_stride)
     else:
         patches = [Tile(0, 0, padded_h, padded_w)]
     if len(patches) == 1:
