@@ -112,7 +112,7 @@ def expand_inputs(arguments: Sequence[str], *, recursive: bool) -> Expansion:
         else:
             missing.append(MissingInput(argument, "no such file or folder"))
     single = named_directly == 1 and len(arguments) == 1
-    return Expansion(sources=_unique(sources), missing=missing, single=single, not_images=_unique_paths(not_images))
+    return Expansion(sources=_unique(sources), missing=missing, single=single, not_images=_unique_paths(sorted(not_images, key=natural_key)))
 
 
 def is_image_name(path: Path) -> bool:
