@@ -97,8 +97,8 @@ class UpscaleOptions:
             raise OptionError(f"--vae-tile-size must be a multiple of 32 and at least 64, got {self.vae_tile_size}")
         if self.vae_tiling is VaeTiling.UPSTREAM and not (0 < self.patch_stride <= self.vae_tile_size):
             raise OptionError(
-                f"--vae-tile-stride must be between 1 and --vae-tile-size ({self.vae_tile_size}), "
-                f"got {self.vae_tile_stride}"
+                f"vae_tile_stride must be between 1 and vae_tile_size ({self.vae_tile_size}), got {self.vae_tile_stride}",
+                options=("vae_tile_stride", "vae_tile_size"),
             )
 
     @property

@@ -79,7 +79,7 @@ def test_the_stride_follows_the_size_and_is_ignored_outside_upstream():
     assert UpscaleOptions(vae_tile_size=768).patch_stride == 600
     assert UpscaleOptions(vae_tile_size=768, vae_tile_stride=512).patch_stride == 512
     UpscaleOptions(vae_tiling=VaeTiling.LEAN, vae_tile_size=256, vae_tile_stride=4000)  # ignored: no error
-    with pytest.raises(OptionError, match="--vae-tile-stride"):
+    with pytest.raises(OptionError, match="vae_tile_stride must be between 1 and vae_tile_size"):
         UpscaleOptions(vae_tile_size=256, vae_tile_stride=4000)
 
 
@@ -263,6 +263,26 @@ def test_the_header_names_the_weights_folder_as_given(tmp_path, tiny, monkeypatc
     assert "weights in model/ (turbo) on cpu, 2 steps, w 0.5" in result.stderr
     assert model_label("model", "model") == "weights in model/"  # no official name: the folder alone
     assert model_label("turbo", "turbo") == "model turbo"
+
+
+def test_api_errors_speak_in_parameters_and_the_cli_in_flags(tmp_path, no_model):
+    from stablesr_cli.cli.console import cli_message
+    from stablesr_cli.runtime import resolve_device
+
+    with pytest.raises(OptionError) as raised:
+        resolve_device("gpu")
+    assert "--" not in str(raised.value) and raised.value.options == ("device",)
+    assert cli_message(raised.value).startswith("--device 'gpu' is not a device")
+    with pytest.raises(OptionError) as stride:
+        UpscaleOptions(vae_tile_size=256, vae_tile_stride=4000)
+    assert str(stride.value).startswith("vae_tile_stride must be between 1 and vae_tile_size (256)")
+    assert cli_message(stride.value).startswith("--vae-tile-stride must be between 1 and --vae-tile-size (256)")
+
+    tiny_input = picture(tmp_path / "dot.png", 1, 1)
+    result = invoke(["upscale", str(tiny_input), "--scale", "0.5", "--dry-run"])
+    assert result.exit_code == 1
+    [line] = error_lines(result.stderr)
+    assert line.endswith("a 1x1 image at --scale 0.5 would be 0x0 pixels; use a larger scale")
 
 
 # ------------------------------------------------------------ 9. --format aliases, plain-word errors

@@ -24,6 +24,7 @@ from .console import (
     Outcome,
     RunProgress,
     Status,
+    cli_message,
     error_line,
     format_seconds,
     print_line,
@@ -140,7 +141,8 @@ def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     size = (int(width * scale), int(height * scale))
     if min(size) < 1:
         raise OptionError(
-            f"a {width}x{height} image at --scale {scale:g} would be {size[0]}x{size[1]} pixels; use a larger --scale"
+            f"a {width}x{height} image at scale {scale:g} would be {size[0]}x{size[1]} pixels; use a larger scale",
+            options=("scale",),
         )
     return size
 
@@ -161,7 +163,7 @@ def dry_run(report: Report, jobs: list[Job], *, scale: float, max_pixels: int | 
                     size = output_size(picture.width, picture.height, scale)
                     outcome = dataclasses.replace(outcome, input_size=(picture.width, picture.height), size=size)
                 except StableSRError as error:
-                    outcome = dataclasses.replace(outcome, status=Status.FAILED, error=str(error))
+                    outcome = dataclasses.replace(outcome, status=Status.FAILED, error=cli_message(error))
             counts[Action.FAIL if outcome.status is Status.FAILED else job.action] += 1
             report.add(outcome, listing=True)
     except KeyboardInterrupt:
@@ -265,7 +267,7 @@ class Batch:
             result = self._run_model(picture)
             skipped = self._write(job, result)
         except StableSRError as error:
-            return self._failed(job, str(error), started)
+            return self._failed(job, cli_message(error), started)
         except (RuntimeError, MemoryError) as error:
             if not _is_out_of_memory(error):
                 raise  # a real bug: let it show its traceback
@@ -302,7 +304,7 @@ class Batch:
                 offline=True if choice.offline else None, on_event=self.report.note,
             )  # fmt: skip
         except OptionError as error:
-            raise _RunAborted("", str(error), EXIT_USAGE) from error
+            raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
         except StableSRError as error:
             raise _RunAborted(choice.model, str(error), EXIT_FAILED) from error
         spec = self.upscaler.spec

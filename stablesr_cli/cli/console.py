@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,16 @@ def describe(subject: str, problem: str) -> str:
 def error_line(subject: str, problem: str) -> str:
     """`stablesr: <subject>: <problem>`: the one line an expected failure prints."""
     return f"{PROGRAM}: {describe(subject, problem)}"
+
+
+def cli_message(error: Exception) -> str:
+    """An error's message as the CLI shows it: the first mention of each API parameter an
+    `OptionError` lists (`tile_size`) written as the flag that sets it (`--tile-size`). Only the
+    first: later ones may be the plain word ("device 'gpu' is not a device")."""
+    text = str(error)
+    for name in getattr(error, "options", ()):
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "--" + name.replace("_", "-"), text, count=1)
+    return text
 
 
 def print_line(console: Console, text: str, style: str | None = None) -> None:

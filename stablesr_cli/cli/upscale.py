@@ -30,7 +30,7 @@ from .batch import (
     check_model_argument,
     dry_run as run_dry,
 )
-from .console import JsonLines, error_line, make_console, print_line, stderr_json_lines
+from .console import JsonLines, cli_message, error_line, make_console, print_line, stderr_json_lines
 from .plan import (
     STDIO,
     Action,
@@ -249,7 +249,7 @@ def upscale(
     except OptionError as error:
         for sink in json_sinks:
             sink.close()
-        print_line(console, error_line("", str(error)))
+        print_line(console, error_line("", cli_message(error)))
         raise typer.Exit(EXIT_USAGE) from None
 
     report = Report(console, json_sinks, human=not json_lines, quiet=quiet)

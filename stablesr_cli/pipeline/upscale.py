@@ -143,8 +143,9 @@ def upscale_tensor(
     target_hw = (int(height * opts.scale), int(width * opts.scale))
     if min(target_hw) < 1:
         raise OptionError(
-            f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
-            "use a larger --scale"
+            f"a {width}x{height} image at scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
+            "use a larger scale",
+            options=("scale",),
         )
     steps = opts.steps if opts.steps is not None else 200
     schedule = respaced_schedule(steps)
