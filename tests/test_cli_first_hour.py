@@ -12,7 +12,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from cli_helpers import FAST, crop_fixture, error_lines, gradient, invoke, png_bytes, tiny_model_folder
+from cli_helpers import FAST, error_lines, gradient, invoke, png_bytes, tiny_model_folder
 from stablesr_cli.cli.batch import model_label
 from stablesr_cli.cli.console import RunProgress
 from stablesr_cli.cli.scan import RUN_MARKER

@@ -19,20 +19,9 @@ import typer
 
 from ..errors import OptionError
 from ..options import ColorFix, Precision, UpscaleOptions, VaeTiling
-from .batch import (
-    EXIT_USAGE,
-    Batch,
-    ModelChoice,
-    Report,
-    WriteChoice,
-    binary_stream,
-    check_device,
-    check_model_argument,
-    dry_run as run_dry,
-)
+from .batch import EXIT_USAGE, Batch, ModelChoice, Report, WriteChoice, binary_stream
 from .console import JsonLines, cli_message, error_line, make_console, print_line, stderr_json_lines
 from .plan import (
-    STDIO,
     Action,
     OutputRequest,
     expand_inputs,
@@ -41,6 +30,8 @@ from .plan import (
     parse_format,
     plan_jobs,
 )
+from .preflight import check_device, check_model_argument
+from .preflight import dry_run as run_dry
 from .scan import describe_left_out
 
 DEFAULTS = UpscaleOptions()
@@ -359,5 +350,3 @@ def _max_pixels(value: int | None) -> int | None:
         return DEFAULT_MAX_PIXELS
     return None if value == 0 else value
 
-
-__all__ = ["EPILOG", "STDIO", "upscale"]
