@@ -130,6 +130,14 @@ def test_an_earlier_output_folder_below_the_scan_is_left_out(tmp_path, model):
     assert "would upscale" in direct.stderr and "left out" not in direct.stderr
 
 
+def test_an_output_folder_holding_inputs_gets_no_marker(tmp_path, model):
+    folder = tmp_path / "photos"
+    picture(folder / "a.png")
+    result = invoke(["upscale", str(folder), "-o", str(folder) + "/", "--suffix", "_big", *model])
+    assert result.exit_code == 0, result.stderr
+    assert (folder / "a_big.png").is_file() and not (folder / RUN_MARKER).exists()
+
+
 def test_our_temporary_files_are_never_inputs(tmp_path, no_model):
     temporary = tmp_path / ".a.png.4242-0123abcd.stablesr.tmp"
     temporary.write_bytes(png_bytes(gradient()))

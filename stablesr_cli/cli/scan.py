@@ -196,6 +196,12 @@ def write_run_marker(folder: Path) -> None:
         atomic_write(marker, lambda stream: stream.write(text), what="run marker")
 
 
+def holds_inputs(folder: Path, sources: Sequence[Source]) -> bool:
+    """Whether any input lies in `folder` or below it (then it is no folder of outputs alone)."""
+    real = os.path.realpath(folder)
+    return any(s.path is not None and _is_within(os.path.realpath(s.path), real) for s in sources)
+
+
 def previous_outputs(sources: Sequence[Source], *, suffix: str, output_folder: Path | None) -> list[Source]:
     """The scanned sources that are results of earlier runs (or go to this run's output folder).
 

@@ -23,6 +23,7 @@ from .batch import EXIT_USAGE, Batch, ModelChoice, Report, WriteChoice, binary_s
 from .console import JsonLines, cli_message, error_line, make_console, print_line, stderr_json_lines
 from .plan import (
     Action,
+    Job,
     OutputRequest,
     expand_inputs,
     left_out_as_earlier_outputs,
@@ -32,7 +33,7 @@ from .plan import (
 )
 from .preflight import check_device, check_model_argument
 from .preflight import dry_run as run_dry
-from .scan import describe_left_out
+from .scan import describe_left_out, holds_inputs
 
 DEFAULTS = UpscaleOptions()
 
@@ -256,7 +257,7 @@ def upscale(
             batch = Batch(
                 jobs, options, report,
                 ModelChoice(model, device, precision, offline, explicit_w=w is not None),
-                WriteChoice(quality, skip_existing, overwrite, output_folder_of(request, expansion)),
+                WriteChoice(quality, skip_existing, overwrite, _marked_folder(output_folder_of(request, expansion), jobs)),
                 max_pixels=_max_pixels(max_pixels), stdout=stdout,
             )  # fmt: skip
             exit_code = batch.run()
@@ -333,6 +334,13 @@ class _RealEsrganAliases:
         if tiling not in (DEFAULTS.vae_tiling, VaeTiling.NONE):
             raise OptionError(f"--tile 0 (no tiling) and --vae-tiling {tiling.value} disagree; pass one of them")
         return VaeTiling.NONE
+
+
+def _marked_folder(output_folder: Path | None, jobs: list[Job]) -> Path | None:
+    """The output folder that gets a run marker: not one that holds inputs (`photos/ -o photos/`),
+    or a later scan of a folder above it would leave the originals out."""
+    sources = [j.source for j in jobs if j.source is not None]
+    return None if output_folder is None or holds_inputs(output_folder, sources) else output_folder
 
 
 def _open_json(path: Path) -> JsonLines:
