@@ -73,8 +73,9 @@ class UpscaleOptions:
     vae_tiling: VaeTiling = VaeTiling.UPSTREAM
     vae_tile_size: int = 1280
     """Pixel patch side for vae_tiling=upstream, tile side for lean (multiple of 32)."""
-    vae_tile_stride: int = 1000
-    """Pixel patch stride for vae_tiling=upstream."""
+    vae_tile_stride: int | None = None
+    """Pixel patch stride for vae_tiling=upstream (ignored otherwise); None: `patch_stride`'s default,
+    which follows vae_tile_size."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -95,8 +96,16 @@ class UpscaleOptions:
             raise OptionError(f"--tile-batch must be at least 1, got {self.tile_batch}")
         if self.vae_tile_size < 64 or self.vae_tile_size % 32:
             raise OptionError(f"--vae-tile-size must be a multiple of 32 and at least 64, got {self.vae_tile_size}")
-        if not (0 < self.vae_tile_stride <= self.vae_tile_size):
+        if self.vae_tiling is VaeTiling.UPSTREAM and not (0 < self.patch_stride <= self.vae_tile_size):
             raise OptionError(
-                f"--vae-tile-stride must be between 1 and --vae-tile-size ({self.vae_tile_size}), "
-                f"got {self.vae_tile_stride}"
+                f"vae_tile_stride must be between 1 and vae_tile_size ({self.vae_tile_size}), got {self.vae_tile_stride}",
+                options=("vae_tile_stride", "vae_tile_size"),
             )
+
+    @property
+    def patch_stride(self) -> int:
+        """The stride between pixel patches: as given, or upstream's 1000 per 1280 pixels of patch
+        (25/32), so that a smaller --vae-tile-size keeps upstream's overlap without a second option."""
+        if self.vae_tile_stride is not None:
+            return self.vae_tile_stride
+        return self.vae_tile_size * 25 // 32

@@ -12,11 +12,13 @@ import typer
 
 from .. import __version__
 from . import weights
+from .helpstyle import ManPageGroup
 from .info import info
-from .upscale import upscale
+from .upscale import EPILOG, upscale
 
 app = typer.Typer(
     name="stablesr",
+    cls=ManPageGroup,  # man-page metavars, usage and reflowing help for every command below
     help="StableSR diffusion super-resolution: upscale photos from the command line.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,7 +44,7 @@ def _root(
     """StableSR diffusion super-resolution: upscale photos from the command line."""
 
 
-app.command(no_args_is_help=True)(upscale)
+app.command(no_args_is_help=True, epilog=EPILOG)(upscale)
 app.command()(info)
 app.add_typer(weights.app, name="weights")
 

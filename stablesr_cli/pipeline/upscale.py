@@ -168,8 +168,9 @@ def upscale_tensor(
     target_hw = (int(height * opts.scale), int(width * opts.scale))
     if min(target_hw) < 1:
         raise OptionError(
-            f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
-            "use a larger --scale"
+            f"a {width}x{height} image at scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
+            "use a larger scale",
+            options=("scale",),
         )
     if opts.steps is None or opts.w is None:
         raise ValueError("options still hold model defaults (None); fill them in with model_facts.resolve_options")
@@ -184,7 +185,7 @@ def upscale_tensor(
 
     split = opts.vae_tiling is VaeTiling.UPSTREAM and max(padded_h, padded_w) > opts.vae_tile_size
     if split:  # upstream's pixel patches: each one a complete run, blended with Gaussian weights
-        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.vae_tile_stride)
+        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.patch_stride)
     else:
         patches = [Tile(0, 0, padded_h, padded_w)]
     if len(patches) == 1:
