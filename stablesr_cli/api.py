@@ -139,11 +139,14 @@ class Upscaler:
         return cls(models, info)
 
     def resolve_options(self, options: UpscaleOptions | None = None, **overrides) -> UpscaleOptions:
+        from .pipeline.upscale import latent_tiling
+
         options = options or UpscaleOptions(w=self.spec.default_w)
         if overrides:
             options = dataclasses.replace(options, **overrides)
         if options.steps is None:
             options = dataclasses.replace(options, steps=self.spec.default_steps)
+        latent_tiling(self.models, options)  # refuses tilings this model cannot run (OptionError)
         return options
 
     def upscale_tensor(

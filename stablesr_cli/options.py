@@ -6,6 +6,8 @@ Standard library only: the CLI imports this before (and without) torch.
 from __future__ import annotations
 
 import math
+import os
+import string
 from dataclasses import dataclass
 from enum import Enum
 
@@ -50,6 +52,14 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+SEED_RANGE = range(0, 2**64)
+"""What torch.Generator.manual_seed accepts without wrapping or overflowing."""
+
+DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
+"""268 megapixels: a 4x upscale of a 16-megapixel photo fits; a 1x20000 strip enlarged to a
+512-pixel short side (5 gigapixels, hundreds of GB of activations) does not."""
+
+
 @dataclass(frozen=True)
 class UpscaleOptions:
     """Everything that decides one upscale. Sizes are in output pixels unless named `latent`."""
@@ -74,6 +84,9 @@ class UpscaleOptions:
     """Pixel patch side for vae_tiling=upstream, tile side for lean (multiple of 32)."""
     vae_tile_stride: int = 1000
     """Pixel patch stride for vae_tiling=upstream."""
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS
+    """Refuse an image whose output, or the enlarged canvas it is worked on, would have more pixels
+    than this (None: no limit). The memory the work needs is checked against the machine as well."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -90,6 +103,10 @@ class UpscaleOptions:
             raise OptionError(
                 f"--tile-overlap ({self.tile_overlap}) must be smaller than --tile-size ({self.tile_size})"
             )
+        if self.seed not in SEED_RANGE:
+            raise OptionError(f"--seed must be between 0 and {SEED_RANGE.stop - 1}, got {self.seed}")
+        if self.max_output_pixels is not None and self.max_output_pixels < 1:
+            raise OptionError(f"--max-output-pixels must be positive (0 on the command line: no limit), got {self.max_output_pixels}")
         if self.tile_batch < 1:
             raise OptionError(f"--tile-batch must be at least 1, got {self.tile_batch}")
         if self.vae_tile_size < 64 or self.vae_tile_size % 32:
@@ -99,3 +116,25 @@ class UpscaleOptions:
                 f"--vae-tile-stride must be between 1 and --vae-tile-size ({self.vae_tile_size}), "
                 f"got {self.vae_tile_stride}"
             )
+        if self.vae_tiling is VaeTiling.UPSTREAM and self.tile_size is not None and self.vae_tile_size < self.tile_size:
+            raise OptionError(
+                f"--vae-tile-size ({self.vae_tile_size}) must be at least --tile-size ({self.tile_size}) "
+                "with --vae-tiling upstream: each pixel patch holds whole diffusion tiles"
+            )
+
+
+def check_suffix(template: str) -> None:
+    """An output-name suffix may hold literal text and `{scale}`, nothing that leaves the folder.
+
+    Anything else in braces is refused rather than formatted: a format spec such as
+    `{scale:>2000000000}` would build a gigabyte-long name before any file system could refuse it.
+    """
+    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    if any(character in template for character in separators):
+        raise OptionError(f"--suffix {template!r} may not contain a path separator (or NUL); it is added to file names")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise OptionError(f"--suffix {template!r} is not a valid name template ({error})") from None
+    if any((name, spec, conversion) != ("scale", "", None) for name, spec, conversion in fields):
+        raise OptionError(f"--suffix {template!r}: only {{scale}} may appear in braces (use {{{{ and }}}} for literal braces)")

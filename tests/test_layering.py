@@ -71,7 +71,7 @@ def test_pipeline_reads_no_files_and_draws_no_ui(path):
     assert not _hits(all_imports(path), forbidden)
 
 
-@pytest.mark.parametrize("name", ["options.py", "errors.py", "progress.py", "store.py"])
+@pytest.mark.parametrize("name", ["options.py", "errors.py", "progress.py", "store.py", "budget.py", "atomic.py"])
 def test_light_modules_import_no_torch_at_module_level(name):
     assert not _hits(module_level_imports(PACKAGE / name), ("torch", "numpy", "huggingface_hub"))
 

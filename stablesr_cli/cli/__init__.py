@@ -13,6 +13,7 @@ import typer
 from .. import __version__
 from . import weights
 from .info import info
+from .streams import quiet_when_reader_gone
 from .upscale import upscale
 
 app = typer.Typer(
@@ -49,4 +50,5 @@ app.add_typer(weights.app, name="weights")
 
 def main() -> None:
     """Console-script entry point (`stablesr = stablesr_cli.cli:main`)."""
-    app(prog_name="stablesr")
+    with quiet_when_reader_gone():
+        app(prog_name="stablesr")

@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import OptionError
-from ..options import OutputFormat
+from ..options import OutputFormat, check_suffix
 
 STDIO = "-"
 """The argument that stands for standard input (as INPUT) or standard output (as --output)."""
@@ -260,6 +260,7 @@ def _is_within(path: str, folder: str) -> bool:
 
 def expand_suffix(template: str, scale: float) -> str:
     """`_x{scale}` -> `_x4` for 4.0, `_x2.5` for 2.5."""
+    check_suffix(template)
     try:
         return template.format(scale=f"{scale:g}")
     except (KeyError, IndexError, ValueError) as error:

@@ -2,14 +2,14 @@
 
 The command validates every option and plans the whole run (cli/plan.py) before touching the
 model, loads the model once and only when a first image needs it, and keeps going past a failed
-image. Exit codes: 0 all done, 1 some images failed, 2 usage errors, 130 interrupted (Ctrl-C).
+image. Exit codes: 0 all done, 1 some images failed, 2 usage errors, 130 interrupted (Ctrl-C),
+141 standard output closed by its reader, 143 terminated (SIGTERM).
 torch is imported only inside `_Batch`, never at CLI start-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 import typer
 from rich.console import Console
 
+from ..budget import is_out_of_memory
 from ..errors import OptionError, OutputPathError, StableSRError
 from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
 from .console import (
@@ -25,14 +26,18 @@ from .console import (
     Outcome,
     RunProgress,
     Status,
+    describe,
     error_line,
     format_seconds,
     make_console,
     print_line,
     print_summary,
+    printable,
     stderr_json_lines,
 )
 from .plan import STDIO, Action, Job, OutputRequest, decide, expand_inputs, input_identities, plan_jobs
+from .signals import exit_code_of, remove_temporaries_of_killed_runs, sigterm_as_interrupt
+from .streams import EXIT_CLOSED_PIPE, LogWriteError, ReaderGone, write_image_bytes
 
 if TYPE_CHECKING:
     from ..api import Upscaler
@@ -41,7 +46,6 @@ if TYPE_CHECKING:
 DEFAULTS = UpscaleOptions()
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 OUTPUT = "Output"
 QUALITY = "Quality"
@@ -126,6 +130,10 @@ def upscale(
         Optional[int],
         typer.Option(min=0, help="Refuse inputs with more pixels than this (decompression-bomb guard; default about 89 million); 0 = no limit.", rich_help_panel=RUN, show_default=False),
     ] = None,
+    max_output_pixels: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="Refuse images whose output (or the enlarged canvas it is worked on) has more pixels than this (default 268,435,456 = 16384x16384); 0 = no limit.", rich_help_panel=RUN, show_default=False),
+    ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of folder inputs.", rich_help_panel=RUN)] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; loads no model and writes nothing.", rich_help_panel=RUN)] = False,
     json_lines: Annotated[
@@ -149,6 +157,7 @@ def upscale(
             scale=scale, w=DEFAULTS.w if w is None else w, steps=steps, seed=seed, color_fix=color_fix,
             tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tiling=vae_tiling,
             vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
+            max_output_pixels=DEFAULTS.max_output_pixels if max_output_pixels is None else (max_output_pixels or None),
         )  # fmt: skip
         request = OutputRequest(
             output=output, suffix=suffix, format=output_format, scale=scale,
@@ -176,7 +185,8 @@ def upscale(
                 quality=quality, max_pixels=_max_pixels(max_pixels), skip_existing=skip_existing,
                 overwrite=overwrite, stdout=stdout,
             )  # fmt: skip
-            exit_code = batch.run()
+            with sigterm_as_interrupt():
+                exit_code = batch.run()
     finally:
         if json_sink is not None:
             json_sink.close()
@@ -186,7 +196,8 @@ def upscale(
 def _open_json(path: Path) -> JsonLines:
     try:
         # Appended, so an interrupted run and its --skip-existing resume share one log.
-        return JsonLines(path.open("a", encoding="utf-8"), owned=True)
+        # backslashreplace: a name with undecodable bytes becomes a \udcXX escape, still valid JSON
+        return JsonLines(path.open("a", encoding="utf-8", errors="backslashreplace"), owned=True, name=printable(str(path)))
     except OSError as error:
         raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
 
@@ -230,17 +241,18 @@ class _Report:
         elif self.quiet:
             return
         elif outcome.status is Status.PLANNED:
-            print_line(self.console, f"would upscale {outcome.input} -> {outcome.output}")
+            print_line(self.console, f"would upscale {printable(outcome.input)} -> {printable(outcome.output or '')}")
         elif outcome.status is Status.SKIPPED and listing:
-            print_line(self.console, f"skipped {outcome.input}: {outcome.error}", style="dim")
+            print_line(self.console, "skipped " + describe(outcome.input, outcome.error or ""), style="dim")
         elif outcome.status is Status.DONE and not self.live:
             size = f"{outcome.size[0]}x{outcome.size[1]}, " if outcome.size else ""
-            print_line(self.console, f"{outcome.input} -> {outcome.output} ({size}{format_seconds(outcome.seconds)})")
+            line = f"{printable(outcome.input)} -> {printable(outcome.output or '')} ({size}{format_seconds(outcome.seconds)})"
+            print_line(self.console, line)
 
     def note(self, message: str) -> None:
         """A message about the run itself (model download, loading), not about one image."""
         if self.chatty:
-            print_line(self.console, message, style="dim")
+            print_line(self.console, printable(message), style="dim")
 
     def dry_run(self, jobs: list[Job]) -> int:
         """List the plan; return the exit code a real run would have if every upscale succeeded."""
@@ -302,8 +314,9 @@ class _Batch:
 
     def run(self) -> int:
         started = time.perf_counter()
-        interrupted = False
+        stop: KeyboardInterrupt | None = None
         try:
+            remove_temporaries_of_killed_runs(j.destination.parent for j in self.jobs if j.destination is not None)
             with self.progress.shown():
                 for job in self.jobs:
                     if job.action is not Action.UPSCALE:
@@ -312,15 +325,18 @@ class _Batch:
                     self.progress.start_image(job.label)
                     self.report.add(self._upscale(job))
                     self.progress.finish_image()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (signals.Terminated)
             # The image in flight is lost; its temporary file was removed by write_picture.
-            interrupted = True
-        except _RunAborted as aborted:
-            print_line(self.report.console, error_line(aborted.subject, aborted.problem), style="red")
-            return aborted.exit_code
-        self.report.summary(time.perf_counter() - started, interrupted=interrupted)
-        if interrupted:
-            return EXIT_INTERRUPTED
+            stop = interruption
+        except ReaderGone:
+            return EXIT_CLOSED_PIPE  # like shell tools: no message, the reader asked for no more
+        except (_RunAborted, LogWriteError) as aborted:
+            subject, problem = (aborted.subject, aborted.problem) if isinstance(aborted, _RunAborted) else ("", str(aborted))
+            print_line(self.report.console, error_line(subject, problem), style="red")
+            return aborted.exit_code if isinstance(aborted, _RunAborted) else EXIT_FAILED
+        self.report.summary(time.perf_counter() - started, interrupted=stop is not None)
+        if stop is not None:
+            return exit_code_of(stop)
         return EXIT_FAILED if any(o.status is Status.FAILED for o in self.report.outcomes) else 0
 
     def _upscale(self, job: Job) -> Outcome:
@@ -340,7 +356,7 @@ class _Batch:
         except StableSRError as error:
             return self._failed(job, str(error), started)
         except (RuntimeError, MemoryError) as error:
-            if not _is_out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise  # a real bug: let it show its traceback
             hint = "out of memory; try a smaller --tile-size or --vae-tile-size, --tile-batch 1, or --dtype fp16"
             return self._failed(job, hint, started)
@@ -380,6 +396,10 @@ class _Batch:
         spec = self.upscaler.spec
         if not self.explicit_w:
             self.options = dataclasses.replace(self.options, w=spec.default_w)
+        try:  # what only the loaded model can judge (tile sizes its UNet can halve, say) is a usage error
+            self.upscaler.resolve_options(self.options)
+        except OptionError as error:
+            raise _RunAborted(self.model_name, str(error), EXIT_USAGE) from error
         steps = self.options.steps or spec.default_steps
         self.report.note(f"model {spec.name} on {self.upscaler.device}, {steps} steps, w {self.options.w:g}")
         return self.upscaler
@@ -391,12 +411,7 @@ class _Batch:
         fmt = job.format.value if job.format is not None else None
         if job.destination is None:
             data = encode_picture(result, fmt, self.quality)  # type: ignore[arg-type]  # None: the input's format
-            try:
-                self.stdout.write(data)
-                self.stdout.flush()
-            except BrokenPipeError as error:
-                _silence_stdout()
-                raise OutputPathError("standard output was closed before the image was written") from error
+            write_image_bytes(self.stdout, data)
             return None
         # The run may have been long: look again, in case another process wrote the file meanwhile.
         action, reason = decide(job.destination, inputs=self.inputs, skip_existing=self.skip_existing, overwrite=self.overwrite)
@@ -422,23 +437,7 @@ class _RunAborted(Exception):
         self.exit_code = exit_code
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
-
-
 def _binary_stream(name: str) -> BinaryIO:
     """The byte stream under sys.stdin / sys.stdout, read at call time (so tests' replacements count)."""
     stream = getattr(sys, name)
     return getattr(stream, "buffer", stream)
-
-
-def _silence_stdout() -> None:
-    """After a reader closed the pipe (`| head`), point stdout at /dev/null so the interpreter's
-    final flush does not print a second, confusing BrokenPipeError."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-    except OSError:
-        pass
-    finally:
-        os.close(devnull)
