@@ -19,14 +19,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..progress import ProgressEvent
-from .streams import log_write_error
+from .streams import EXIT_CLOSED_PIPE, log_write_error, silence_standard_streams
 
 PROGRAM = "stablesr"
 
 
+class _StderrConsole(Console):
+    def on_broken_pipe(self) -> None:
+        """Standard error's reader went away (`2>&1 | head -1`): stop quietly with the same 141 as
+        for standard output (Rich's default exits 1 and silences only standard output)."""
+        self.quiet = True
+        silence_standard_streams()
+        raise SystemExit(EXIT_CLOSED_PIPE)
+
+
 def make_console() -> Console:
     """The stderr console. Built per command so it binds to the sys.stderr of that moment (CliRunner swaps it)."""
-    return Console(stderr=True, highlight=False)
+    return _StderrConsole(stderr=True, highlight=False)
 
 
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

@@ -31,7 +31,13 @@ class LogWriteError(StableSRError):
 def write_image_bytes(stream: BinaryIO, data: bytes) -> None:
     """Write an encoded image to standard output; `ReaderGone` or a one-line `OutputPathError`."""
     try:
-        stream.write(data)
+        remaining = memoryview(data)
+        while remaining:
+            # A large write into a pipe can return short (when the reader closes, the kernel reports
+            # what it took before EPIPE, and BufferedWriter passes that on): write the rest, which
+            # then fails properly instead of leaving a silently truncated image.
+            written = stream.write(remaining)
+            remaining = remaining[len(remaining) if written is None else written :]
         stream.flush()
     except BrokenPipeError as error:
         silence_standard_streams()
