@@ -178,7 +178,8 @@ def check_fits(
 
 
 def machine_memory() -> int | None:
-    """Bytes this process could ever use: physical memory plus swap, or a smaller cgroup (container) limit.
+    """Bytes this process could ever use: physical memory plus swap, or less where a cgroup
+    (container) limit or an address-space rlimit (`ulimit -v`) says so.
 
     None when the platform does not say (the memory check is then skipped).
     """
@@ -186,9 +187,15 @@ def machine_memory() -> int | None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
-    total += _meminfo_bytes("SwapTotal")
-    cgroup = _read_int(Path("/sys/fs/cgroup/memory.max"))
-    return min(total, cgroup) if cgroup else total
+    limits = [total + _meminfo_bytes("SwapTotal"), _read_int(Path("/sys/fs/cgroup/memory.max"))]
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        limits.append(None if soft == resource.RLIM_INFINITY else soft)
+    except (ImportError, AttributeError, ValueError, OSError):
+        pass
+    return min(limit for limit in limits if limit)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

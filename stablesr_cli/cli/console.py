@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from ..progress import ProgressEvent
-from .streams import EXIT_CLOSED_PIPE, log_write_error, silence_standard_streams
+from .streams import log_write_error, stop_quietly
 
 PROGRAM = "stablesr"
 
@@ -29,8 +29,7 @@ class _StderrConsole(Console):
         """Standard error's reader went away (`2>&1 | head -1`): stop quietly with the same 141 as
         for standard output (Rich's default exits 1 and silences only standard output)."""
         self.quiet = True
-        silence_standard_streams()
-        raise SystemExit(EXIT_CLOSED_PIPE)
+        stop_quietly()
 
 
 def make_console() -> Console:
@@ -128,7 +127,7 @@ class JsonLines:
             self._stream.write(outcome.to_json() + "\n")
             self._stream.flush()
         except BrokenPipeError:
-            raise  # a reader that went away: the command ends quietly (cli/streams.py)
+            stop_quietly()  # --json on standard error, and its reader went away
         except OSError as error:
             raise log_write_error(self.name, error) from error
 

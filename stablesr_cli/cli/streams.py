@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from ..errors import OutputPathError, StableSRError
 
@@ -45,6 +45,12 @@ def write_image_bytes(stream: BinaryIO, data: bytes) -> None:
     except OSError as error:
         silence_standard_streams(stderr=False)  # what is left in the buffer must not fail again at exit
         raise OutputPathError(f"standard output: cannot write the image ({error.strerror or error})") from error
+
+
+def stop_quietly() -> NoReturn:
+    """A reader of standard output or error went away: end the command as shell tools do."""
+    silence_standard_streams()
+    raise SystemExit(EXIT_CLOSED_PIPE)
 
 
 def log_write_error(name: str, error: OSError) -> LogWriteError:
