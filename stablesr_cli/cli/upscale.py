@@ -330,10 +330,12 @@ class _Batch:
             stop = interruption
         except ReaderGone:
             return EXIT_CLOSED_PIPE  # like shell tools: no message, the reader asked for no more
-        except (_RunAborted, LogWriteError) as aborted:
-            subject, problem = (aborted.subject, aborted.problem) if isinstance(aborted, _RunAborted) else ("", str(aborted))
-            print_line(self.report.console, error_line(subject, problem), style="red")
-            return aborted.exit_code if isinstance(aborted, _RunAborted) else EXIT_FAILED
+        except _RunAborted as aborted:
+            print_line(self.report.console, error_line(aborted.subject, aborted.problem), style="red")
+            return aborted.exit_code
+        except LogWriteError as error:  # the run's record is incomplete: stop rather than go on unrecorded
+            print_line(self.report.console, error_line("", str(error)), style="red")
+            return EXIT_FAILED
         self.report.summary(time.perf_counter() - started, interrupted=stop is not None)
         if stop is not None:
             return exit_code_of(stop)
