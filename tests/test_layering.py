@@ -89,7 +89,7 @@ def test_image_files_are_read_and_written_without_torch(path):
     assert not _hits(all_imports(path), ("torch",))
 
 
-LIGHT_MODULES = ["options.py", "errors.py", "progress.py", "atomic.py", "hashing.py", "model_facts.py", "checkpoints/layout.py"]
+LIGHT_MODULES = ["options.py", "errors.py", "progress.py", "atomic.py", "hashing.py", "model_facts.py", "budget.py", "checkpoints/layout.py"]
 
 
 @pytest.mark.parametrize("name", LIGHT_MODULES + [f"store/{p.name}" for p in files("store")])

@@ -14,6 +14,7 @@ from .. import __version__
 from . import weights
 from .helpstyle import ManPageGroup
 from .info import info
+from .streams import quiet_when_reader_gone
 from .upscale import EPILOG, upscale
 
 app = typer.Typer(
@@ -51,4 +52,5 @@ app.add_typer(weights.app, name="weights")
 
 def main() -> None:
     """Console-script entry point (`stablesr = stablesr_cli.cli:main`)."""
-    app(prog_name="stablesr")
+    with quiet_when_reader_gone():
+        app(prog_name="stablesr")

@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from rich.console import Console
 
+from ..budget import is_out_of_memory
 from ..errors import OptionError, OutputPathError, StableSRError
 from ..options import Precision, UpscaleOptions
 from .console import (
     PROGRAM,
     JsonLines,
+    describe,
+    printable,
     Outcome,
     RunProgress,
     Status,
@@ -31,6 +34,8 @@ from .console import (
     progress_interval,
 )
 from .plan import Action, Job, decide, input_identities
+from .signals import exit_code_of, remove_temporaries_of_killed_runs
+from .streams import EXIT_CLOSED_PIPE, LogWriteError, ReaderGone, write_image_bytes
 from .scan import write_run_marker
 
 if TYPE_CHECKING:
@@ -74,20 +79,21 @@ class Report:
         elif self.quiet:
             return
         elif outcome.status is Status.PLANNED:
-            print_line(self.console, f"would upscale {outcome.input} -> {outcome.output}{_sizes(outcome)}")
+            print_line(self.console, f"would upscale {printable(outcome.input)} -> {printable(outcome.output or '')}{_sizes(outcome)}")
         elif outcome.status is Status.SKIPPED and listing:
-            print_line(self.console, f"skipped {outcome.input}: {outcome.error}", style="dim")
+            print_line(self.console, "skipped " + describe(outcome.input, outcome.error or ""), style="dim")
         elif outcome.status is Status.DONE and not self.live:
             size = f"{outcome.size[0]}x{outcome.size[1]}, " if outcome.size else ""
-            print_line(self.console, f"{outcome.input} -> {outcome.output} ({size}{format_seconds(outcome.seconds)})")
+            line = f"{printable(outcome.input)} -> {printable(outcome.output or '')} ({size}{format_seconds(outcome.seconds)})"
+            print_line(self.console, line)
         if not self.quiet:
             for warning in outcome.warnings:
-                print_line(self.console, f"{PROGRAM}: warning: {warning}", style="yellow")
+                print_line(self.console, f"{PROGRAM}: warning: {printable(warning)}", style="yellow")
 
     def note(self, message: str) -> None:
         """A message about the run itself (model download, loading, files left out), not about one image."""
         if self.chatty:
-            print_line(self.console, message, style="dim")
+            print_line(self.console, printable(message), style="dim")
 
     def summary(self, seconds: float, *, interrupted: bool) -> None:
         if self.chatty or (self.human and interrupted):
@@ -160,8 +166,9 @@ class Batch:
 
     def run(self) -> int:
         started = time.perf_counter()
-        interrupted = False
+        stop: KeyboardInterrupt | None = None
         try:
+            remove_temporaries_of_killed_runs(j.destination.parent for j in self.jobs if j.destination is not None)
             with self.progress.shown():
                 for job in self.jobs:
                     if job.action is not Action.UPSCALE:
@@ -170,15 +177,20 @@ class Batch:
                     self.progress.start_image(job.label)
                     self.report.add(self._upscale(job))
                     self.progress.finish_image()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (signals.Terminated)
             # The image in flight is lost; its temporary file was removed by the atomic writer.
-            interrupted = True
+            stop = interruption
+        except ReaderGone:
+            return EXIT_CLOSED_PIPE  # like shell tools: no message, the reader asked for no more
         except _RunAborted as aborted:
             print_line(self.report.console, error_line(aborted.subject, aborted.problem), style="red")
             return aborted.exit_code
-        self.report.summary(time.perf_counter() - started, interrupted=interrupted)
-        if interrupted:
-            return EXIT_INTERRUPTED
+        except LogWriteError as error:  # the run's record is incomplete: stop rather than go on unrecorded
+            print_line(self.report.console, error_line("", str(error)), style="red")
+            return EXIT_FAILED
+        self.report.summary(time.perf_counter() - started, interrupted=stop is not None)
+        if stop is not None:
+            return exit_code_of(stop)
         return EXIT_FAILED if any(o.status is Status.FAILED for o in self.report.outcomes) else 0
 
     def _upscale(self, job: Job) -> Outcome:
@@ -198,7 +210,7 @@ class Batch:
         except StableSRError as error:
             return self._failed(job, cli_message(error), started)
         except (RuntimeError, MemoryError) as error:
-            if not _is_out_of_memory(error):
+            if not is_out_of_memory(error):
                 raise  # a real bug: let it show its traceback
             hint = "out of memory; try a smaller --tile-size or --vae-tile-size, --tile-batch 1, or --dtype fp16"
             return self._failed(job, hint, started)
@@ -244,7 +256,10 @@ class Batch:
             raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
         except StableSRError as error:
             raise _RunAborted(choice.model, str(error), EXIT_FAILED) from error
-        self.options = self.upscaler.resolve_options(self.options)
+        try:  # what only the loaded model can judge (tile sizes its UNet can halve, say) is a usage error
+            self.options = self.upscaler.resolve_options(self.options)
+        except OptionError as error:
+            raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
         label = model_label(choice.model, self.upscaler.facts.name)
         self.report.note(f"{label} on {self.upscaler.device}, {self.options.steps} steps, w {self.options.w:g}")
         return self.upscaler
@@ -256,12 +271,7 @@ class Batch:
         fmt = job.format.value if job.format is not None else None
         if job.destination is None:
             data = encode_picture(result, fmt, self.write.quality)  # type: ignore[arg-type]  # None: the input's format
-            try:
-                self.stdout.write(data)
-                self.stdout.flush()
-            except BrokenPipeError as error:
-                _silence_stdout()
-                raise OutputPathError("standard output was closed before the image was written") from error
+            write_image_bytes(self.stdout, data)
             return None
         # The run may have been long: look again, in case another process wrote the file meanwhile.
         action, reason = decide(
@@ -303,23 +313,7 @@ class _RunAborted(Exception):
         self.exit_code = exit_code
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
-
-
 def binary_stream(name: str) -> BinaryIO:
     """The byte stream under sys.stdin / sys.stdout, read at call time (so tests' replacements count)."""
     stream = getattr(sys, name)
     return getattr(stream, "buffer", stream)
-
-
-def _silence_stdout() -> None:
-    """After a reader closed the pipe (`| head`), point stdout at /dev/null so the interpreter's
-    final flush does not print a second, confusing BrokenPipeError."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-    except OSError:
-        pass
-    finally:
-        os.close(devnull)

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,13 +30,47 @@ from rich.progress import (
 from rich.table import Table
 
 from ..progress import ProgressEvent
+from .streams import log_write_error, stop_quietly
 
 PROGRAM = "stablesr"
 
 
+class _StderrConsole(Console):
+    def on_broken_pipe(self) -> None:
+        """Standard error's reader went away (`2>&1 | head -1`): stop quietly with the same 141 as
+        for standard output (Rich's default exits 1 and silences only standard output)."""
+        self.quiet = True
+        stop_quietly()
+
+
 def make_console() -> Console:
     """The stderr console. Built per command so it binds to the sys.stderr of that moment (CliRunner swaps it)."""
-    return Console(stderr=True, highlight=False)
+    return _StderrConsole(stderr=True, highlight=False)
+
+
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """`text` with everything that could break or forge a line of output escaped, Python style.
+
+    File names may hold any character but / and NUL: a newline would split a one-line error (and
+    let a name forge a second, fake line in a log), an ESC start a terminal control sequence, a
+    bidirectional override reorder what is shown. Undecodable bytes (kept by Python as lone
+    surrogates) are shown as \\xNN. JSON output needs none of this: json.dumps escapes them itself.
+    """
+    if text.isprintable() and text.isascii():
+        return text
+    escaped = []
+    for character in text:
+        code = ord(character)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+            escaped.append(f"\\x{code - 0xDC00:02x}")
+        elif character in _BIDI_CONTROLS or unicodedata.category(character) in ("Cc", "Cs", "Zl", "Zp"):
+            escaped.append(repr(character)[1:-1] if code < 0x80 else f"\\u{code:04x}")
+        else:
+            escaped.append(character)
+    return "".join(escaped)
 
 
 def describe(subject: str, problem: str) -> str:
@@ -44,7 +79,7 @@ def describe(subject: str, problem: str) -> str:
     Library errors often already start with the file they are about ("a.png: not an image ...");
     printing the subject twice would be noise.
     """
-    problem = problem.strip().splitlines()[0] if problem.strip() else "failed"
+    subject, problem = printable(subject), printable(problem.strip()) or "failed"
     if subject and not problem.startswith(subject):
         return f"{subject}: {problem}"
     return problem
@@ -107,18 +142,27 @@ class Outcome:
 class JsonLines:
     """Writes one JSON object per line and flushes it, so `tail -f` and pipes see each image as it finishes."""
 
-    def __init__(self, stream: TextIO, *, owned: bool = False) -> None:
+    def __init__(self, stream: TextIO, *, owned: bool = False, name: str = "standard error") -> None:
         self._stream = stream
         self._owned = owned
         """True for a --json-file we opened (and close); False for standard error."""
+        self.name = name
 
     def write(self, outcome: Outcome) -> None:
-        self._stream.write(outcome.to_json() + "\n")
-        self._stream.flush()
+        try:
+            self._stream.write(outcome.to_json() + "\n")
+            self._stream.flush()
+        except BrokenPipeError:
+            stop_quietly()  # --json on standard error, and its reader went away
+        except OSError as error:
+            raise log_write_error(self.name, error) from error
 
     def close(self) -> None:
         if self._owned:
-            self._stream.close()
+            try:
+                self._stream.close()
+            except OSError:
+                pass  # every line was flushed when written; a failure then was already reported
 
 
 def work_done(event: ProgressEvent) -> tuple[int, int]:
@@ -203,7 +247,7 @@ class RunProgress:
     def start_image(self, label: str) -> None:
         self._label = label
         if self._progress is not None:
-            self._progress.update(self._within, description=label, completed=0, total=1, visible=True)
+            self._progress.update(self._within, description=printable(label), completed=0, total=1, visible=True)
 
     def on_event(self, event: ProgressEvent) -> None:
         if self._lines:
@@ -262,7 +306,7 @@ def print_summary(console: Console, outcomes: Sequence[Outcome], *, seconds: flo
         table = Table("input", "output", "size", "time", box=None, pad_edge=False)
         for o in done:
             size = f"{o.size[0]}x{o.size[1]}" if o.size else ""
-            table.add_row(o.input, o.output or "", size, format_seconds(o.seconds))
+            table.add_row(printable(o.input), printable(o.output or ""), size, format_seconds(o.seconds))
         console.print(table)
     elif done:
         times = [o.seconds for o in done]

@@ -15,7 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..errors import OptionError
-from ..options import OutputFormat
+from ..options import OutputFormat, check_suffix
 from .scan import (  # noqa: F401  (re-exported: the planner's public vocabulary)
     IMAGE_EXTENSIONS,
     STDIO,
@@ -85,6 +85,7 @@ class Job:
 
 def expand_suffix(template: str, scale: float) -> str:
     """`_x{scale}` -> `_x4` for 4.0, `_x2.5` for 2.5."""
+    check_suffix(template)
     try:
         return template.format(scale=f"{scale:g}")
     except (KeyError, IndexError, ValueError) as error:

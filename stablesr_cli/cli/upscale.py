@@ -3,7 +3,8 @@
 The command validates every option and plans the whole run (cli/scan.py, cli/plan.py) before
 touching the model, then hands the plan to cli/batch.py, which loads the model once and only
 when a first image needs it, and keeps going past a failed image. Exit codes: 0 all done, 1 some
-images failed, 2 usage errors, 130 interrupted (Ctrl-C). torch is never imported at start-up.
+images failed, 2 usage errors, 130 interrupted (Ctrl-C), 141 standard output closed by its reader, 143
+terminated (SIGTERM). torch is never imported at start-up.
 
 Options are declared in help-panel order; each names its panel (`rich_help_panel=`), so a new
 option joins a panel by naming it. Hidden options at the end accept what Real-ESRGAN users type.
@@ -20,7 +21,7 @@ import typer
 from ..errors import OptionError
 from ..options import ColorFix, Precision, UpscaleOptions, VaeTiling
 from .batch import EXIT_USAGE, Batch, ModelChoice, Report, WriteChoice, binary_stream
-from .console import JsonLines, cli_message, error_line, make_console, print_line, stderr_json_lines
+from .console import JsonLines, cli_message, error_line, make_console, print_line, printable, stderr_json_lines
 from .plan import (
     Action,
     Job,
@@ -34,6 +35,7 @@ from .plan import (
 from .preflight import check_device, check_model_argument
 from .preflight import dry_run as run_dry
 from .scan import describe_left_out, holds_inputs
+from .signals import sigterm_as_interrupt
 
 DEFAULTS = UpscaleOptions()
 
@@ -172,6 +174,10 @@ def upscale(
         Optional[int],
         typer.Option(metavar="N", help="Refuse inputs with more pixels than this (a decompression-bomb guard; default about 89 million); 0: no limit.", rich_help_panel=RUN, show_default=False),
     ] = None,
+    max_output_pixels: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="Refuse images whose output (or the enlarged canvas it is worked on) has more pixels than this (default 268,435,456 = 16384x16384); 0 = no limit.", rich_help_panel=RUN, show_default=False),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what each input would become, with sizes, reading every image; loads no model and writes nothing.", rich_help_panel=RUN)
     ] = False,
@@ -216,6 +222,7 @@ def upscale(
             scale=scale, w=w, steps=steps, seed=seed,
             color_fix=_choose(ColorFix, color_fix, "--color-fix"), tile_size=tile_size, tile_overlap=tile_overlap,
             tile_batch=_tile_batch(tile_batch), vae_tiling=patches, vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
+            max_output_pixels=DEFAULTS.max_output_pixels if max_output_pixels is None else (max_output_pixels or None),
         )  # fmt: skip
         request = OutputRequest(
             output=output, suffix=suffix, format=parse_format(output_format) if output_format else None, scale=scale,
@@ -258,7 +265,8 @@ def upscale(
                 WriteChoice(quality, skip_existing, overwrite, _marked_folder(output_folder_of(request, expansion), jobs)),
                 max_pixels=_max_pixels(max_pixels), stdout=stdout,
             )  # fmt: skip
-            exit_code = batch.run()
+            with sigterm_as_interrupt():
+                exit_code = batch.run()
     finally:
         for sink in json_sinks:
             sink.close()
@@ -344,7 +352,8 @@ def _marked_folder(output_folder: Path | None, jobs: list[Job]) -> Path | None:
 def _open_json(path: Path) -> JsonLines:
     try:
         # Appended, so an interrupted run and its --skip-existing resume share one log.
-        return JsonLines(path.open("a", encoding="utf-8"), owned=True)
+        # backslashreplace: a name with undecodable bytes becomes a \udcXX escape, still valid JSON
+        return JsonLines(path.open("a", encoding="utf-8", errors="backslashreplace"), owned=True, name=printable(str(path)))
     except OSError as error:
         raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
 
