@@ -132,7 +132,7 @@ class UpscaleOptions:
     @property
     def patch_stride(self) -> int:
         """The stride between pixel patches: as given, or upstream's 1000 per 1280 pixels of patch
-        (25/32), so that a smaller --vae-tile-size keeps upstream's overlap without a second option."""
+        (25/32), so that a smaller vae_tile_size keeps upstream's overlap without a second setting."""
         if self.vae_tile_stride is not None:
             return self.vae_tile_stride
         return self.vae_tile_size * 25 // 32
