@@ -118,11 +118,14 @@ def estimate_memory(
     decoder_top = 2 * widths[min(1, len(widths) - 1)] * piece
     vae = (features + decoder_top) * dtype_bytes
     if opts.vae_tiling is VaeTiling.LEAN:
+        # full-size activations are parked tile by tile (on the host when computing on an
+        # accelerator); the device holds one tile's window (with its 1-pixel halo) in and out
         window = (min(opts.vae_tile_size, max(sizes.piece_hw)) + 2) ** 2
-        vae_device = 2 * max(widths) * window * dtype_bytes
-        host_or_device = vae if accelerator else 0  # activations park on the host, tiles run on the device
-        host += host_or_device
-        device += vae_device + (0 if accelerator else vae)
+        device += 2 * max(widths) * window * dtype_bytes
+        if accelerator:
+            host += vae
+        else:
+            device += vae
     else:
         device += vae
 
