@@ -153,3 +153,12 @@ def test_bf16_final_8bit_image_stays_within_measured_bounds_of_fp32(name):
     psnr = 10 * math.log10(255**2 / float(diff.square().mean()))
     assert psnr > 38 and float(diff.mean()) < 2.0 and float(diff.max()) <= 48, (psnr, diff.mean(), diff.max())
     assert float(diff.mean()) > 0  # bf16 really ran (the comparison can fail)
+
+
+def test_info_shows_what_auto_picks_and_why():
+    from stablesr_cli.cli.info import _device_report
+
+    report = _device_report()
+    dtype, reason = auto_dtype(torch.device(report.default_device))
+    assert report.default_dtype == {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    assert report.default_dtype_reason == reason

@@ -105,7 +105,7 @@ def upscale(
         typer.Option("--model", "-m", help="A model name from `stablesr weights list`, or a path to an official .ckpt or a converted folder.", rich_help_panel=HARDWARE),
     ] = "turbo",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=HARDWARE)] = "auto",
-    dtype: Annotated[Precision, typer.Option(case_sensitive=False, help="Compute precision; auto = fp16 on CUDA, fp32 on CPU.", rich_help_panel=HARDWARE)] = Precision.AUTO,
+    dtype: Annotated[Precision, typer.Option(case_sensitive=False, help="Compute precision; auto = fp16 on CUDA; on CPU bf16 where it has bf16 matrix instructions (AMX, AVX512-BF16), else fp32.", rich_help_panel=HARDWARE)] = Precision.AUTO,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; fail if they are missing.", rich_help_panel=HARDWARE)] = False,
     tile_size: Annotated[
         Optional[int],
