@@ -265,7 +265,7 @@ def print_table(results: list[dict[str, object]], device: torch.device) -> None:
                 cell += f" {100 * r[key + '_peak_fraction']:3.0f}%"
             cell += f" {r[key + '_peak_mb'] / 1024:4.1f}G"
             cells.append(f"{cell:>26}")
-        flops = f" ({results[0][key + '_gflop']:.0f} GFLOP)" if f"{key}_gflop" in results[0] else ""
+        flops = f" ({results[0][key + '_gflop']:.1f} GFLOP)" if f"{key}_gflop" in results[0] else ""
         print(f"{key + flops:<34}" + "".join(cells), file=out)
     print("(seconds: best of repeats; %: of the dtype's conv peak; G: peak RSS in GiB)", file=out)
 
