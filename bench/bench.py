@@ -207,10 +207,13 @@ def run_dtype(name: str, sizes: Sizes, device: torch.device, args: argparse.Name
     jobs = [("image_512", sizes.image, VaeTiling.NONE)]
     if args.big:
         jobs += [("image_1024_lean", sizes.big_image, VaeTiling.LEAN), ("image_1024_whole", sizes.big_image, VaeTiling.NONE)]
+    if device.type == "cuda" and not args.quick:
+        jobs += [("image_2048_upstream", 2048, VaeTiling.UPSTREAM), ("image_2048_lean", 2048, VaeTiling.LEAN)]
     for key, side, tiling in jobs:
         img = torch.rand(1, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(0))
-        opts = UpscaleOptions(scale=4, steps=args.steps, vae_tiling=tiling,
-                              vae_tile_size=min(512, side) if tiling is VaeTiling.LEAN else 1280)  # fmt: skip
+        vae_tile = side // 2 if tiling is VaeTiling.LEAN else 1280  # lean: 4 tiles (one would only add overhead)
+        opts = UpscaleOptions(scale=4, steps=args.steps, vae_tiling=tiling, vae_tile_size=vae_tile,
+                              vae_tile_stride=min(1000, vae_tile))  # fmt: skip
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         reset_peak_rss()
