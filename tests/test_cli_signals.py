@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,3 +152,59 @@ def test_a_closed_standard_error_also_ends_quietly_with_141(tmp_path, model):
     assert returncode == 141
     if outputs.exists():
         assert not leftovers(outputs)
+
+
+CHILD_PRINTING_UNDER_FIRE = """
+import os, sys
+from stablesr_cli.cli.console import make_console, print_line
+console = make_console()
+ready, stop = sys.argv[1:]
+caught = reported = 0
+open(ready, "w").close()
+while True:
+    try:
+        while not os.path.exists(stop):
+            if reported < caught:
+                reported += 1
+                print_line(console, f"caught {reported}")
+            else:
+                print_line(console, "a line of progress text " * 4)
+        break
+    except KeyboardInterrupt:
+        caught += 1
+print_line(console, f"done {caught}")
+"""
+
+
+def test_an_interrupt_in_mid_print_does_not_silence_the_rest(tmp_path):
+    """Rich's nested-print counter, left stuck by an exception raised inside a print, made it
+    buffer everything after: a Ctrl-C or SIGTERM landing on a per-image line lost the summary
+    (without the fix, printing stopped after a few dozen interrupts). Interrupts are now held
+    back while a line is printed; here hundreds land on a printing loop."""
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CHILD_PRINTING_UNDER_FIRE, str(ready), str(stop)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env(tmp_path), cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    collected: list[bytes] = []
+    reader = threading.Thread(target=lambda: collected.append(process.stderr.read()))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(400):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.004)
+        time.sleep(0.3)  # every signal has landed
+        stop.touch()
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join()
+    lines = [line for line in collected[0].decode().splitlines() if not line.startswith("a line")]
+    assert process.returncode == 0, lines[-3:]
+    assert lines[-1].startswith("done ")  # printing still worked after every interrupt
+    assert len([line for line in lines if line.startswith("caught ")]) >= 50

@@ -30,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..progress import ProgressEvent
+from .signals import interruptions_held
 from .streams import log_write_error, stop_quietly
 
 PROGRAM = "stablesr"
@@ -102,7 +103,8 @@ def cli_message(error: Exception) -> str:
 
 def print_line(console: Console, text: str, style: str | None = None) -> None:
     """Print one line exactly as given: no wrapping at the terminal width, no markup parsing."""
-    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+    with interruptions_held():
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 class Status(str, Enum):
@@ -307,7 +309,8 @@ def print_summary(console: Console, outcomes: Sequence[Outcome], *, seconds: flo
         for o in done:
             size = f"{o.size[0]}x{o.size[1]}" if o.size else ""
             table.add_row(printable(o.input), printable(o.output or ""), size, format_seconds(o.seconds))
-        console.print(table)
+        with interruptions_held():
+            console.print(table)
     elif done:
         times = [o.seconds for o in done]
         print_line(

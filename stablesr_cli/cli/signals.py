@@ -52,6 +52,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def interruptions_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back for the duration of the block; they arrive right after it.
+
+    Rich counts nested prints in per-console state that an exception raised in mid-print leaves
+    stuck, after which it buffers everything and writes nothing more: an interrupt landing while a
+    line is printed would swallow the summary. POSIX only (elsewhere the block runs unguarded).
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def remove_temporaries_of_killed_runs(folders: Iterable[Path]) -> list[Path]:
     """Delete temporaries that earlier, killed runs left in the folders this run writes to."""
     removed: list[Path] = []
