@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, WeightsNotFoundError
-from .options import UpscaleOptions
+from .options import UpscaleOptions, resolved_steps
 from .progress import ProgressEvent
 from .runtime import resolve_device, resolve_dtype
 
@@ -135,6 +135,7 @@ class Upscaler:
             context=context,
             prediction=Prediction(info.prediction),
             native_tile=info.native_tile,
+            prompts=_prompt_encoder(context, components.get("text_encoder"), place),
         )
         return cls(models, info)
 
@@ -143,7 +144,7 @@ class Upscaler:
         if overrides:
             options = dataclasses.replace(options, **overrides)
         if options.steps is None:
-            options = dataclasses.replace(options, steps=self.spec.default_steps)
+            options = dataclasses.replace(options, steps=resolved_steps(options, self.spec.default_steps))
         return options
 
     def upscale_tensor(
@@ -167,6 +168,32 @@ class Upscaler:
         img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
         return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
+
+
+def _prompt_encoder(context: torch.Tensor, text_encoder_file: Path | None, place: dict):
+    """Prompts other than the empty one go through the text tower, read from its file on first use."""
+    from .pipeline.prompts import PromptEncoder
+
+    if text_encoder_file is None:
+        return PromptEncoder(context, None)
+
+    def load() -> torch.nn.Module:
+        from .checkpoints.assemble import build_text_encoder
+        from .checkpoints.io import read_safetensors
+
+        sd, meta = read_safetensors(text_encoder_file)
+        heads = int(meta["heads"]) if meta.get("heads") else None
+        return build_text_encoder(sd, heads=heads, **place)
+
+    return PromptEncoder(context, load)
+
+
+def prompt_token_count(prompt: str) -> int:
+    """Tokens of a prompt with its start and end tokens; the text encoder reads 77, the rest is cut
+    (as upstream). Needs the `prompts` extra (MissingExtraError otherwise)."""
+    from .pipeline.prompts import token_count
+
+    return token_count(prompt)
 
 
 def _same_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -40,3 +40,11 @@ class CheckpointMismatchError(CheckpointError):
 
 class OptionError(StableSRError):
     """An option value is out of range or inconsistent with another option."""
+
+
+class MissingExtraError(OptionError):
+    """An option needs an optional dependency group (a pip "extra") that is not installed."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt is longer than the text encoder's 77 tokens; the rest is cut, as upstream does."""

@@ -43,6 +43,22 @@ class OutputFormat(str, Enum):
     BMP = "bmp"
 
 
+class Sampler(str, Enum):
+    """ddpm: the respaced ancestral sampler of upstream's DDPM scripts (the default path);
+    ddim: the DDIM sampler of its negative-prompt script (fewer steps, optional noise via eta)."""
+
+    DDPM = "ddpm"
+    DDIM = "ddim"
+
+
+DDPM_DEFAULT_STEPS = 200
+"""Steps of the general models with the DDPM sampler (upstream's README)."""
+DDIM_DEFAULT_STEPS = 50
+"""Steps of the general models with the DDIM sampler (the negative-prompt script's default)."""
+DEFAULT_CFG = 7.0
+"""Classifier-free guidance scale when guidance is on but no --cfg is given (upstream's --scale)."""
+
+
 class Precision(str, Enum):
     AUTO = "auto"
     FP32 = "fp32"
@@ -59,7 +75,17 @@ class UpscaleOptions:
     w: float = 0.5
     """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input."""
     steps: int | None = None
-    """DDPM steps (respaced from 1000); None: the model's default from the manifest."""
+    """Sampling steps (of the 1000 the models were trained with); None: `resolved_steps`."""
+    sampler: Sampler = Sampler.DDPM
+    eta: float | None = None
+    """DDIM noise level, 0 (deterministic) to 1; DDIM only; None: 0, upstream's default."""
+    prompt: str = ""
+    """What the image shows; "" is the empty prompt every upstream script uses."""
+    negative_prompt: str | None = None
+    """What to steer away from; giving one turns classifier-free guidance on (as upstream)."""
+    cfg: float | None = None
+    """Guidance scale; None: DEFAULT_CFG when a negative prompt is given, else no guidance.
+    Given without a negative prompt, it guides against the empty prompt."""
     seed: int = 42
     color_fix: ColorFix = ColorFix.WAVELET
     tile_size: int | None = None
@@ -75,7 +101,25 @@ class UpscaleOptions:
     vae_tile_stride: int = 1000
     """Pixel patch stride for vae_tiling=upstream."""
 
+    @property
+    def guidance_scale(self) -> float | None:
+        """The classifier-free guidance scale, or None when guidance is off."""
+        if self.negative_prompt is None and self.cfg is None:
+            return None
+        return DEFAULT_CFG if self.cfg is None else self.cfg
+
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "sampler", Sampler(self.sampler))
+        except ValueError:
+            raise OptionError(f"--sampler must be ddpm or ddim, got {self.sampler!r}") from None
+        if self.eta is not None:
+            if self.sampler is not Sampler.DDIM:
+                raise OptionError("--eta applies to --sampler ddim only; the DDPM sampler's noise is fixed")
+            if not (0.0 <= self.eta <= 1.0):
+                raise OptionError(f"--eta must be between 0 and 1, got {self.eta}")
+        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise OptionError(f"--cfg must be a number >= 0, got {self.cfg}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise OptionError(f"--scale must be a positive number, got {self.scale}")
         if not (0.0 <= self.w <= 1.0):
@@ -99,3 +143,16 @@ class UpscaleOptions:
                 f"--vae-tile-stride must be between 1 and --vae-tile-size ({self.vae_tile_size}), "
                 f"got {self.vae_tile_stride}"
             )
+
+
+def resolved_steps(options: UpscaleOptions, model_default: int) -> int:
+    """The number of sampling steps: --steps if given, else the model's default, where a model
+    whose DDPM default is 200 gets DDIM_DEFAULT_STEPS with the DDIM sampler (turbo keeps its 4).
+
+    The one place this rule lives: the API's option resolution and the pipeline both ask here.
+    """
+    if options.steps is not None:
+        return options.steps
+    if options.sampler is Sampler.DDIM and model_default == DDPM_DEFAULT_STEPS:
+        return DDIM_DEFAULT_STEPS
+    return model_default

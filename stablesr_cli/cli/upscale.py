@@ -12,14 +12,15 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 
 import typer
 from rich.console import Console
 
-from ..errors import OptionError, OutputPathError, StableSRError
-from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
+from ..errors import OptionError, OutputPathError, PromptTruncatedWarning, StableSRError
+from ..options import DEFAULT_CFG, ColorFix, OutputFormat, Precision, Sampler, UpscaleOptions, VaeTiling
 from .console import (
     JsonLines,
     Outcome,
@@ -100,6 +101,23 @@ def upscale(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed and options give the same image.", rich_help_panel=QUALITY)] = DEFAULTS.seed,
     color_fix: Annotated[ColorFix, typer.Option(case_sensitive=False, help="Colour correction against the input.", rich_help_panel=QUALITY)] = DEFAULTS.color_fix,
+    # -- sampler, prompts and guidance (one block)
+    sampler: Annotated[
+        Sampler,
+        typer.Option(case_sensitive=False, help="ddpm: upstream's default path; ddim: its negative-prompt script (default 50 steps instead of 200; turbo keeps 4).", rich_help_panel=QUALITY),
+    ] = DEFAULTS.sampler,
+    eta: Annotated[
+        Optional[float], typer.Option(help="DDIM noise, 0 (deterministic, default) to 1 (upstream's 4K demo). --sampler ddim only.", rich_help_panel=QUALITY, show_default=False)
+    ] = None,
+    prompt: Annotated[str, typer.Option(help="What the image shows (needs the 'prompts' extra). Default: the empty prompt, as upstream.", rich_help_panel=QUALITY, show_default=False)] = "",
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(help="What to steer away from; turns on classifier-free guidance (about 2x slower per step).", rich_help_panel=QUALITY, show_default=False)
+    ] = None,
+    cfg: Annotated[
+        Optional[float],
+        typer.Option(help=f"Guidance scale (default {DEFAULT_CFG:g} with --negative-prompt); alone, it guides against the empty prompt. 1 = no guidance.", rich_help_panel=QUALITY, show_default=False),
+    ] = None,
+    # -- end of the sampler block
     model: Annotated[
         str,
         typer.Option("--model", "-m", help="A model name from `stablesr weights list`, or a path to an official .ckpt or a converted folder.", rich_help_panel=HARDWARE),
@@ -149,6 +167,7 @@ def upscale(
             scale=scale, w=DEFAULTS.w if w is None else w, steps=steps, seed=seed, color_fix=color_fix,
             tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tiling=vae_tiling,
             vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
+            sampler=sampler, eta=eta, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg,
         )  # fmt: skip
         request = OutputRequest(
             output=output, suffix=suffix, format=output_format, scale=scale,
@@ -160,12 +179,18 @@ def upscale(
             raise OptionError("refusing to write image bytes to a terminal; redirect standard output (> big.png) or pass -o FILE")
         if any(j.source is not None and j.source.is_stdin for j in jobs) and _binary_stream("stdin").isatty():
             raise OptionError("no image piped in; use: stablesr upscale - < photo.png > big.png")
+        long_prompts = _long_prompts(options)
         json_sink = _open_json(json_file) if json_file is not None else (stderr_json_lines() if json_lines else None)
     except OptionError as error:
         print_line(console, error_line("", str(error)))
         raise typer.Exit(EXIT_USAGE) from None
 
     report = _Report(console, json_sink, human=not (json_lines and json_file is None), quiet=quiet)
+    images = sum(j.action is Action.UPSCALE for j in jobs)
+    for option, tokens in long_prompts:  # once per run, not per image (the API warns per prompt)
+        if report.chatty and images:
+            print_line(console, f"warning: {option} is {tokens} tokens long; the text encoder reads 77 and ignores the rest "
+                                f"(applies to {'the image' if images == 1 else f'all {images} images'})", style="yellow")
     try:
         if dry_run:
             exit_code = report.dry_run(jobs)
@@ -181,6 +206,17 @@ def upscale(
         if json_sink is not None:
             json_sink.close()
     raise typer.Exit(exit_code)
+
+
+def _long_prompts(options: UpscaleOptions) -> list[tuple[str, int]]:
+    """(option, token count) of the prompts the text encoder will cut; checks the `prompts` extra."""
+    given = [("--prompt", options.prompt), ("--negative-prompt", options.negative_prompt or "")]
+    if not any(text for _, text in given):
+        return []
+    from ..api import prompt_token_count  # the tokenizer; torch comes with it, only when prompts are used
+
+    counts = [(option, prompt_token_count(text)) for option, text in given if text]
+    return [(option, tokens) for option, tokens in counts if tokens > 77]
 
 
 def _open_json(path: Path) -> JsonLines:
@@ -360,7 +396,9 @@ class _Batch:
         upscaler = self._model()
         img_lq = to_model_input(picture)  # [1, 3, H, W] in [0, 1]
         progress = self.progress.on_event if self.report.chatty else None
-        img_sr = upscaler.upscale_tensor(img_lq, self.options, progress=progress)
+        with warnings.catch_warnings():  # the run already warned once about a long prompt
+            warnings.simplefilter("ignore", PromptTruncatedWarning)
+            img_sr = upscaler.upscale_tensor(img_lq, self.options, progress=progress)
         return from_model_output(picture, img_sr)
 
     def _model(self) -> Upscaler:
@@ -380,8 +418,9 @@ class _Batch:
         spec = self.upscaler.spec
         if not self.explicit_w:
             self.options = dataclasses.replace(self.options, w=spec.default_w)
-        steps = self.options.steps or spec.default_steps
-        self.report.note(f"model {spec.name} on {self.upscaler.device}, {steps} steps, w {self.options.w:g}")
+        steps = self.upscaler.resolve_options(self.options).steps
+        sampler = self.options.sampler.value
+        self.report.note(f"model {spec.name} on {self.upscaler.device}, {steps} {sampler} steps, w {self.options.w:g}")
         return self.upscaler
 
     def _write(self, job: Job, result: Picture) -> str | None:
