@@ -111,7 +111,7 @@ def upscale(
     ] = None,
     prompt: Annotated[str, typer.Option(help="What the image shows (needs the 'prompts' extra). Default: the empty prompt, as upstream.", rich_help_panel=QUALITY, show_default=False)] = "",
     negative_prompt: Annotated[
-        Optional[str], typer.Option(help="What to steer away from; turns on classifier-free guidance (about 2x slower per step).", rich_help_panel=QUALITY, show_default=False)
+        Optional[str], typer.Option(help="What to steer away from; turns on classifier-free guidance (the UNet runs twice per step).", rich_help_panel=QUALITY, show_default=False)
     ] = None,
     cfg: Annotated[
         Optional[float],
