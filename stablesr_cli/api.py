@@ -137,6 +137,14 @@ class Upscaler:
         return upscale_pil_image(image, lambda img_lq: self.upscale_tensor(img_lq, opts, progress))
 
 
+def prompt_token_count(prompt: str) -> int:
+    """Tokens of a prompt with its start and end tokens; the text encoder reads 77, the rest is cut
+    (as upstream). Needs the `prompts` extra (MissingExtraError otherwise)."""
+    from .pipeline.prompts import token_count
+
+    return token_count(prompt)
+
+
 def tqdm_progress(desc: str = "stablesr") -> ProgressCallback:
     """A ready-made progress callback for Python users: one tqdm bar over the sampling steps
     (`tqdm.auto`, so it renders in notebooks and terminals). The CLI draws its own with Rich."""

@@ -49,3 +49,12 @@ class OptionError(StableSRError):
     def __init__(self, message: str, *, options: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.options = options
+
+
+
+class MissingExtraError(OptionError):
+    """An option needs an optional dependency group (a pip "extra") that is not installed."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt is longer than the text encoder's 77 tokens; the rest is cut, as upstream does."""

@@ -45,6 +45,18 @@ class OutputFormat(str, Enum):
     BMP = "bmp"
 
 
+class Sampler(str, Enum):
+    """ddpm: the respaced ancestral sampler of upstream's DDPM scripts (the default path);
+    ddim: the DDIM sampler of its negative-prompt script (fewer steps, optional noise via eta)."""
+
+    DDPM = "ddpm"
+    DDIM = "ddim"
+
+
+DEFAULT_CFG = 7.0
+"""Classifier-free guidance scale when guidance is on but no --cfg is given (upstream's --scale)."""
+
+
 class Precision(str, Enum):
     AUTO = "auto"
     FP32 = "fp32"
@@ -70,7 +82,17 @@ class UpscaleOptions:
     """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input; None: the model's
     default (0.5 for the general models, 0 for face)."""
     steps: int | None = None
-    """Sampling steps (respaced from 1000); None: the model's default."""
+    """Sampling steps (of the 1000 the models were trained with); None: the model's default."""
+    sampler: Sampler = Sampler.DDPM
+    eta: float | None = None
+    """DDIM noise level, 0 (deterministic) to 1; DDIM only; None: 0, upstream's default."""
+    prompt: str = ""
+    """What the image shows; "" is the empty prompt every upstream script uses."""
+    negative_prompt: str | None = None
+    """What to steer away from; giving one turns classifier-free guidance on (as upstream)."""
+    cfg: float | None = None
+    """Guidance scale; None: DEFAULT_CFG when a negative prompt is given, else no guidance.
+    Given without a negative prompt, it guides against the empty prompt."""
     seed: int = 42
     color_fix: ColorFix = ColorFix.WAVELET
     tile_size: int | None = None
@@ -90,7 +112,25 @@ class UpscaleOptions:
     """Refuse an image whose output, or the enlarged canvas it is worked on, would have more pixels
     than this (None: no limit). The memory the work needs is checked against the machine as well."""
 
+    @property
+    def guidance_scale(self) -> float | None:
+        """The classifier-free guidance scale, or None when guidance is off."""
+        if self.negative_prompt is None and self.cfg is None:
+            return None
+        return DEFAULT_CFG if self.cfg is None else self.cfg
+
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "sampler", Sampler(self.sampler))
+        except ValueError:
+            raise OptionError(f"sampler must be ddpm or ddim, got {self.sampler!r}", options=("sampler",)) from None
+        if self.eta is not None:
+            if self.sampler is not Sampler.DDIM:
+                raise OptionError("eta applies to sampler ddim only; the DDPM sampler's noise is fixed", options=("eta", "sampler"))
+            if not (0.0 <= self.eta <= 1.0):
+                raise OptionError(f"eta must be between 0 and 1, got {self.eta}", options=("eta",))
+        if self.cfg is not None and not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise OptionError(f"cfg must be a number >= 0, got {self.cfg}", options=("cfg",))
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise OptionError(f"scale must be a positive number, got {self.scale}", options=("scale",))
         if self.w is not None and not (0.0 <= self.w <= 1.0):

@@ -70,7 +70,7 @@ def test_lean_tiling_with_storage_on_another_device(monkeypatch):
     x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(3)) * 2 - 1
     schedule = respaced_schedule(2)
     with torch.no_grad():
-        expected = upscale_module.restore(x, models, LEAN, schedule, SeededNoise(5))
+        expected = upscale_module.restore(x, models, LEAN, upscale_module.denoiser_for(models, LEAN), schedule, SeededNoise(5))
 
     real_encode, real_decode = upscale_module._encode, upscale_module._decode
     monkeypatch.setattr(upscale_module, "_encode", lambda *a: _elsewhere(real_encode(*a)))
@@ -81,7 +81,7 @@ def test_lean_tiling_with_storage_on_another_device(monkeypatch):
         ),
     )  # fmt: skip
     with torch.no_grad():
-        got = upscale_module.restore(x, models, LEAN, schedule, SeededNoise(5))
+        got = upscale_module.restore(x, models, LEAN, upscale_module.denoiser_for(models, LEAN), schedule, SeededNoise(5))
     assert type(got) is torch.Tensor
     assert torch.equal(got, expected)
 

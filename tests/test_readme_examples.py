@@ -44,6 +44,7 @@ def shell_examples() -> list[str]:
         language, body = block
         if language:  # ```python: the API examples (need the real weights, listed in SKIPPED's spirit)
             continue
+        body = re.sub(r"\\\n\s*", " ", body)  # a shell line continued with a backslash is one command
         found.extend(line.strip() for line in body.splitlines() if line.strip() and not line.lstrip().startswith("{"))
     epilog = EPILOG.split("Examples:", 1)[1]
     found.extend(re.split(r"\s{2,}", line.strip())[0] for line in epilog.splitlines() if line.strip().startswith("stablesr "))

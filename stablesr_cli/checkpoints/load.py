@@ -14,9 +14,10 @@ from torch import nn
 
 from ..errors import CheckpointError, WeightsNotFoundError
 from ..model_facts import ModelFacts, facts_from_metadata
+from ..pipeline.prompts import PromptEncoder
 from ..pipeline.schedule import Prediction
 from ..pipeline.upscale import StableSRModels
-from .assemble import build_autoencoder, build_time_encoder, build_unet
+from .assemble import build_autoencoder, build_text_encoder, build_time_encoder, build_unet
 from .io import read_safetensors
 from .layout import COMPONENT_FILES, REQUIRED_COMPONENTS
 
@@ -69,8 +70,23 @@ def load_models(
         context=context.to(device),
         prediction=Prediction(facts.prediction),
         native_tile=facts.native_tile,
+        prompts=_prompt_encoder(context, components.get("text_encoder"), device=device, dtype=dtype),
     )
     return models, facts
+
+
+def _prompt_encoder(context: torch.Tensor, text_encoder_file: Path | None, *, device, dtype) -> PromptEncoder:
+    """Prompts other than the empty one go through the text tower, read from its file on first use:
+    the default path (empty prompt, whose context was stored at conversion) never loads it."""
+    if text_encoder_file is None:
+        return PromptEncoder(context, None)
+
+    def load() -> nn.Module:
+        sd, meta = read_safetensors(text_encoder_file)
+        heads = int(meta["heads"]) if meta.get("heads", "").isdigit() and int(meta["heads"]) > 0 else None
+        return build_text_encoder(sd, heads=heads, device=device, dtype=dtype)
+
+    return PromptEncoder(context, load)
 
 
 def _built(path: Path, build):

@@ -10,14 +10,15 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from rich.console import Console
 
 from ..budget import is_out_of_memory
-from ..errors import OptionError, OutputPathError, StableSRError
-from ..options import Precision, UpscaleOptions
+from ..errors import OptionError, OutputPathError, PromptTruncatedWarning, StableSRError
+from ..options import Precision, Sampler, UpscaleOptions
 from .console import (
     PROGRAM,
     JsonLines,
@@ -237,7 +238,9 @@ class Batch:
             elif draw is not None:
                 draw(event)
 
-        return upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=progress))
+        with warnings.catch_warnings():  # the run already warned once about a long prompt
+            warnings.simplefilter("ignore", PromptTruncatedWarning)
+            return upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=progress))
 
     def _model(self) -> Upscaler:
         if self.upscaler is not None:
@@ -261,7 +264,8 @@ class Batch:
         except OptionError as error:
             raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
         label = model_label(choice.model, self.upscaler.facts.name)
-        self.report.note(f"{label} on {self.upscaler.device}, {self.options.steps} steps, w {self.options.w:g}")
+        sampler = "" if self.options.sampler is Sampler.DDPM else f" {self.options.sampler.value}"
+        self.report.note(f"{label} on {self.upscaler.device}, {self.options.steps}{sampler} steps, w {self.options.w:g}")
         return self.upscaler
 
     def _write(self, job: Job, result: Picture) -> str | None:

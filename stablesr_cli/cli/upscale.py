@@ -19,7 +19,7 @@ from typing import Annotated, Optional, TypeVar
 import typer
 
 from ..errors import OptionError
-from ..options import ColorFix, Precision, UpscaleOptions, VaeTiling
+from ..options import DEFAULT_CFG, ColorFix, Precision, Sampler, UpscaleOptions, VaeTiling
 from .batch import EXIT_USAGE, Batch, ModelChoice, Report, WriteChoice, binary_stream
 from .console import JsonLines, cli_message, error_line, make_console, print_line, printable, stderr_json_lines
 from .plan import (
@@ -126,6 +126,22 @@ def upscale(
     color_fix: Annotated[
         str, typer.Option(metavar=_choices(ColorFix), help="Colour correction against the input.", rich_help_panel=QUALITY)
     ] = DEFAULTS.color_fix.value,
+    # ------------------------------------------------------------------ Sampler, prompts and guidance
+    sampler: Annotated[
+        str,
+        typer.Option(metavar=_choices(Sampler), help="ddpm: upstream's default path; ddim: its negative-prompt script (default 50 steps instead of 200; turbo keeps 4).", rich_help_panel=QUALITY),
+    ] = DEFAULTS.sampler.value,
+    eta: Annotated[
+        Optional[float], typer.Option(metavar="FLOAT", help="DDIM noise, 0 (deterministic, default) to 1 (upstream's 4K demo). --sampler ddim only.", rich_help_panel=QUALITY, show_default=False)
+    ] = None,
+    prompt: Annotated[str, typer.Option(metavar="TEXT", help="What the image shows (needs the 'prompts' extra). Default: the empty prompt, as upstream.", rich_help_panel=QUALITY, show_default=False)] = "",
+    negative_prompt: Annotated[
+        Optional[str], typer.Option(metavar="TEXT", help="What to steer away from; turns on classifier-free guidance (the UNet runs twice per step).", rich_help_panel=QUALITY, show_default=False)
+    ] = None,
+    cfg: Annotated[
+        Optional[float],
+        typer.Option(metavar="FLOAT", help=f"Guidance scale (default {DEFAULT_CFG:g} with --negative-prompt); alone, it guides against the empty prompt. 1 = no guidance.", rich_help_panel=QUALITY, show_default=False),
+    ] = None,
     # ------------------------------------------------------------------ Model and hardware
     model: Annotated[
         str,
@@ -223,6 +239,7 @@ def upscale(
             color_fix=_choose(ColorFix, color_fix, "--color-fix"), tile_size=tile_size, tile_overlap=tile_overlap,
             tile_batch=_tile_batch(tile_batch), vae_tiling=patches, vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
             max_output_pixels=DEFAULTS.max_output_pixels if max_output_pixels is None else (max_output_pixels or None),
+            sampler=_choose(Sampler, sampler, "--sampler"), eta=eta, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg,
         )  # fmt: skip
         request = OutputRequest(
             output=output, suffix=suffix, format=parse_format(output_format) if output_format else None, scale=scale,
@@ -236,6 +253,7 @@ def upscale(
             raise OptionError("refusing to write image bytes to a terminal; redirect standard output (> big.png) or pass -o FILE")
         if any(j.source is not None and j.source.is_stdin for j in jobs) and binary_stream("stdin").isatty():
             raise OptionError("no image piped in; use: stablesr upscale - < photo.png > big.png")
+        long_prompts = _long_prompts(options)
         check_model_argument(model)
         if any(j.action is Action.UPSCALE for j in jobs):
             check_device(device, precision)
@@ -255,6 +273,11 @@ def upscale(
     if earlier:
         paths = [s.path for s in earlier if s.path is not None]
         report.note(describe_left_out(paths, "left out as earlier stablesr outputs (name them to upscale them again)"))
+    images = sum(j.action is Action.UPSCALE for j in jobs)
+    for option, tokens in long_prompts:  # once per run, not per image (the API warns per prompt)
+        if report.chatty and images:
+            print_line(console, f"warning: {option} is {tokens} tokens long; the text encoder reads 77 and ignores the rest "
+                                f"(applies to {'the image' if images == 1 else f'all {images} images'})", style="yellow")
     try:
         if dry_run:
             exit_code = run_dry(report, jobs, scale=scale, max_pixels=_max_pixels(max_pixels))
@@ -347,6 +370,17 @@ def _marked_folder(output_folder: Path | None, jobs: list[Job]) -> Path | None:
     or a later scan of a folder above it would leave the originals out."""
     sources = [j.source for j in jobs if j.source is not None]
     return None if output_folder is None or holds_inputs(output_folder, sources) else output_folder
+
+
+def _long_prompts(options: UpscaleOptions) -> list[tuple[str, int]]:
+    """(option, token count) of the prompts the text encoder will cut; checks the `prompts` extra."""
+    given = [("--prompt", options.prompt), ("--negative-prompt", options.negative_prompt or "")]
+    if not any(text for _, text in given):
+        return []
+    from ..api import prompt_token_count  # the tokenizer; torch comes with it, only when prompts are used
+
+    counts = [(option, prompt_token_count(text)) for option, text in given if text]
+    return [(option, tokens) for option, tokens in counts if tokens > 77]
 
 
 def _open_json(path: Path) -> JsonLines:

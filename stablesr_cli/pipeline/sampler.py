@@ -4,6 +4,8 @@ At every step each tile's low-resolution latent goes through the time-aware enco
 original timestep, the UNet predicts eps or v for the tile, the predictions are blended with
 Gaussian weights into one full-size prediction, and ONE ancestral step is taken on the whole latent.
 A latent no larger than a tile is simply a single tile: there is no separate untiled path.
+With classifier-free guidance the UNet sees every tile twice (negative and positive context) and
+the blended prediction is the guided one; the DDIM sampler (ddim.py) shares all of this.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ class LatentTiling:
 
 
 @dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: out = out_negative + scale * (out_positive - out_negative)."""
+
+    negative_context: torch.Tensor
+    """Cross-attention context [1, L, D] of the negative prompt (the empty prompt's by default)."""
+    scale: float
+    """Upstream's `--scale`, 7.0 by default; at 1.0 upstream skips guidance, and so do we."""
+
+
+@dataclass(frozen=True)
 class Denoiser:
     """The two networks of one sampling step and what they share."""
 
@@ -39,17 +51,34 @@ class Denoiser:
     context: torch.Tensor
     """Cross-attention context [1, L, D], e.g. the empty prompt's."""
     prediction: Prediction
+    guidance: Guidance | None = None
 
     def predict(self, z_t: torch.Tensor, z_lq: torch.Tensor, t: int) -> torch.Tensor:
-        """eps or v for a batch of tiles, with structure features from the matching LR-latent tiles."""
+        """eps or v for a batch of tiles, with structure features from the matching LR-latent tiles.
+
+        Guided, the UNet runs on [tiles, tiles] with contexts [negative, positive], as upstream's
+        `p_sample_ddim_sr_tcanvas`. Upstream also runs the time-aware encoder on the doubled batch;
+        both halves are the same LR tiles at the same timestep, so its features are computed once
+        and repeated (identical values, half the encoder work).
+        """
         param = next(self.unet.parameters())
         batch = z_t.shape[0]
         timesteps = torch.full((batch,), t, dtype=torch.long, device=param.device)
         z_lq = z_lq.to(device=param.device, dtype=param.dtype)
+        z_t = z_t.to(device=param.device, dtype=param.dtype)
         structure = self.time_encoder(z_lq, timesteps)
         context = self.context.to(device=param.device, dtype=param.dtype).expand(batch, -1, -1)
-        out = self.unet(z_t.to(device=param.device, dtype=param.dtype), timesteps, context, structure)
-        return out.to(torch.float32)
+        if self.guidance is None or self.guidance.scale == 1.0:
+            return self.unet(z_t, timesteps, context, structure).to(torch.float32)
+        negative = self.guidance.negative_context.to(device=param.device, dtype=param.dtype).expand(batch, -1, -1)
+        out = self.unet(
+            torch.cat([z_t, z_t]),
+            torch.cat([timesteps, timesteps]),
+            torch.cat([negative, context]),
+            [torch.cat([feature, feature]) for feature in structure],
+        ).to(torch.float32)
+        out_negative, out_positive = out.chunk(2)
+        return out_negative + self.guidance.scale * (out_positive - out_negative)
 
 
 def blended_prediction(
@@ -79,6 +108,25 @@ def blended_prediction(
     return blender.result().to(torch.float32)
 
 
+def denoise_step(
+    denoiser: Denoiser,
+    z_t: torch.Tensor,
+    z_lq: torch.Tensor,
+    t: int,
+    tiling: LatentTiling | None,
+    progress: Callable[[ProgressEvent], None] | None,
+    step: int,
+    total: int,
+) -> torch.Tensor:
+    """The blended network output of sampling step `step` of `total`, reporting each tile batch."""
+
+    def on_tile(done: int, count: int) -> None:
+        if progress is not None:
+            progress(ProgressEvent("sample", step=step, total_steps=total, tile=done, total_tiles=count))
+
+    return blended_prediction(denoiser, z_t, z_lq, t, tiling, on_tile)
+
+
 def sample(
     denoiser: Denoiser,
     z_start: torch.Tensor,
@@ -100,13 +148,7 @@ def sample(
     timesteps = [int(t) for t in schedule.timesteps.tolist()]
     schedule = schedule.to(z.device)
     for k, i in enumerate(reversed(range(total))):
-        t = timesteps[i]
-
-        def on_tile(done: int, count: int, _k: int = k) -> None:
-            if progress is not None:
-                progress(ProgressEvent("sample", step=_k, total_steps=total, tile=done, total_tiles=count))
-
-        out = blended_prediction(denoiser, z, z_lq, t, tiling, on_tile)
+        out = denoise_step(denoiser, z, z_lq, timesteps[i], tiling, progress, k, total)
         step_noise = to_device(noise.draw(tuple(z.shape)), z.device)
         z = ddpm_step(out, z, i, schedule, denoiser.prediction, step_noise)
         if on_step is not None:

@@ -163,7 +163,7 @@ def respaced_schedule(num_steps: int) -> Schedule:
     return schedule_from_betas(new_betas.numpy(), kept)
 
 
-def _coefficient(table: Tensor, index: int, like: Tensor) -> Tensor:
+def coefficient(table: Tensor, index: int, like: Tensor) -> Tensor:
     """table[index] as a float32 [1, 1, ...] tensor on like's device.
 
     Shaped with like's rank (as upstream's `extract_into_tensor`), not 0-d: a 0-d float32 tensor
@@ -196,8 +196,8 @@ def q_sample_start(z_lq: Tensor, noise: Tensor, base: Schedule | None = None) ->
         raise ValueError(f"x_T needs the {NUM_TRAIN_TIMESTEPS}-step base schedule, got one with {base.num_steps} steps")
     last = NUM_TRAIN_TIMESTEPS - 1
     return (
-        _coefficient(base.sqrt_alphas_cumprod, last, z_lq) * z_lq
-        + _coefficient(base.sqrt_one_minus_alphas_cumprod, last, z_lq) * noise
+        coefficient(base.sqrt_alphas_cumprod, last, z_lq) * z_lq
+        + coefficient(base.sqrt_one_minus_alphas_cumprod, last, z_lq) * noise
     )
 
 
@@ -209,12 +209,12 @@ def predict_z0(
     _check_index(i, schedule)
     if kind is Prediction.EPS:
         return (
-            _coefficient(schedule.sqrt_recip_alphas_cumprod, i, z_t) * z_t
-            - _coefficient(schedule.sqrt_recipm1_alphas_cumprod, i, z_t) * model_out
+            coefficient(schedule.sqrt_recip_alphas_cumprod, i, z_t) * z_t
+            - coefficient(schedule.sqrt_recipm1_alphas_cumprod, i, z_t) * model_out
         )
     return (
-        _coefficient(schedule.sqrt_alphas_cumprod, i, z_t) * z_t
-        - _coefficient(schedule.sqrt_one_minus_alphas_cumprod, i, z_t) * model_out
+        coefficient(schedule.sqrt_alphas_cumprod, i, z_t) * z_t
+        - coefficient(schedule.sqrt_one_minus_alphas_cumprod, i, z_t) * model_out
     )
 
 
@@ -233,9 +233,9 @@ def ddpm_step(
     the caller draws it so the RNG stream stays upstream's.
     """
     z0 = predict_z0(model_out, z_t, i, schedule, prediction)
-    mean = _coefficient(schedule.posterior_mean_coef1, i, z_t) * z0 + _coefficient(
+    mean = coefficient(schedule.posterior_mean_coef1, i, z_t) * z0 + coefficient(
         schedule.posterior_mean_coef2, i, z_t
     ) * z_t
     nonzero = 1.0 if i > 0 else 0.0
-    std = (0.5 * _coefficient(schedule.posterior_log_variance_clipped, i, z_t)).exp() * nonzero
+    std = (0.5 * coefficient(schedule.posterior_log_variance_clipped, i, z_t)).exp() * nonzero
     return mean + std * noise

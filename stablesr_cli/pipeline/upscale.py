@@ -5,6 +5,10 @@
          -> tiled DDPM sampling -> CFW decode with the LR image's encoder features -> colour fix
       -> blend patches -> [0,1] -> crop the padding -> shrink to int(H*scale) x int(W*scale) -> img_sr [0,1]
 
+With the DDIM sampler the path is that of `sr_val_ddim_text_T_negativeprompt_canvas_tile.py`: the
+same, except that x_T is pure noise and the chain is DDIM's (ddim.py). Prompts and guidance work
+with both samplers.
+
 Two autoencoders are involved: the LR latent comes from the diffusion checkpoint's own VAE (a
 posterior SAMPLE, not the mean), while the encoder features and the final decode come from the
 separate CFW checkpoint. Nothing here reads or writes files.
@@ -22,14 +26,16 @@ from torch import nn
 from .. import budget
 from ..errors import OptionError
 from ..models.autoencoder import LATENT_SCALE, DiagonalGaussian
-from ..options import UpscaleOptions, VaeTiling
+from ..options import Sampler, UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from . import preprocess
 from .colorfix import apply_color_fix
-from .noise import NoiseSource, to_device
-from .sampler import Denoiser, LatentTiling, sample
-from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
+from .ddim import DdimSchedule, ddim_schedule, ddim_start, sample_ddim
 from .memory import auto_tile_batch
+from .noise import NoiseSource, to_device
+from .prompts import PromptEncoder
+from .sampler import Denoiser, Guidance, LatentTiling, sample
+from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
 from .tiling import GaussianBlender, Tile, latent_tiles, pixel_patches
 
 Progress = Callable[[ProgressEvent], None]
@@ -52,6 +58,16 @@ class StableSRModels:
     prediction: Prediction
     native_tile: int
     """The model's native latent tile side (64 for the 512 models, 96 for 768v)."""
+    prompts: PromptEncoder | None = None
+    """Encodes prompts other than the empty one; None: only the empty prompt can be used."""
+
+    def context_for(self, prompt: str) -> torch.Tensor:
+        """Cross-attention context of a prompt: the stored empty-prompt one for "", else the text tower's."""
+        if prompt == "":
+            return self.context
+        if self.prompts is None:
+            raise OptionError("these models were loaded without a text encoder, so only the empty prompt can be used")
+        return self.prompts.encode(prompt)
 
     @property
     def vae_downscale(self) -> int:
@@ -125,6 +141,35 @@ def check_tiling(models: StableSRModels, opts: UpscaleOptions, tile: int, overla
         )
 
 
+def denoiser_for(models: StableSRModels, opts: UpscaleOptions) -> Denoiser:
+    """The networks with the prompt's context and, when asked for, guidance against the negative prompt."""
+    scale = opts.guidance_scale
+    guidance = None if scale is None else Guidance(models.context_for(opts.negative_prompt or ""), scale)
+    return Denoiser(models.unet, models.time_encoder, models.context_for(opts.prompt), models.prediction, guidance)
+
+
+def schedule_for(opts: UpscaleOptions) -> Schedule | DdimSchedule:
+    if opts.sampler is Sampler.DDIM:
+        return ddim_schedule(opts.steps, opts.eta or 0.0)
+    return respaced_schedule(opts.steps)
+
+
+def _sample(
+    denoiser: Denoiser,
+    z_lq: torch.Tensor,
+    schedule: Schedule | DdimSchedule,
+    noise: NoiseSource,
+    tiling: LatentTiling,
+    progress: Progress,
+) -> torch.Tensor:
+    """x_T as the chosen upstream script draws it, then that script's chain."""
+    if isinstance(schedule, DdimSchedule):  # pure noise, after a discarded q_sample draw
+        return sample_ddim(denoiser, ddim_start(z_lq, noise), z_lq, schedule, noise, tiling, progress)
+    # the DDPM canvas scripts start from q_sample(z_lq, 999) on the base schedule
+    z_start = q_sample_start(z_lq, to_device(noise.draw(tuple(z_lq.shape), channels_last=True), z_lq.device))
+    return sample(denoiser, z_start, z_lq, schedule, noise, tiling, progress)
+
+
 def _encode(vae: nn.Module, x: torch.Tensor, opts: UpscaleOptions, storage: torch.device | None):
     """Posterior and CFW encoder features of x, whole or with the lean tiled VAE."""
     if opts.vae_tiling is VaeTiling.LEAN:
@@ -146,7 +191,8 @@ def restore(
     x_lq: torch.Tensor,
     models: StableSRModels,
     opts: UpscaleOptions,
-    schedule: Schedule,
+    denoiser: Denoiser,
+    schedule: Schedule | DdimSchedule,
     noise: NoiseSource,
     progress: Progress | None = None,
     patch: int = 0,
@@ -160,20 +206,18 @@ def restore(
     x = x_lq.to(device=device, dtype=dtype)
     storage = lean_storage_device(opts, device)
 
-    # the LR latent: a posterior SAMPLE of the diffusion checkpoint's own VAE, then x_T = q_sample(z, 999)
+    # the LR latent: a posterior SAMPLE of the diffusion checkpoint's own VAE
     posterior, features = _encode(models.sd_vae, x, opts, storage)
     # the latent is small: whatever device the encoder left it on, sampling happens on the compute device
     posterior = DiagonalGaussian(posterior.mean.to(device), posterior.logvar.to(device))
     eps_posterior = to_device(noise.draw(tuple(posterior.mean.shape)), device).to(posterior.mean.dtype)
     z_lq = (posterior.sample(eps_posterior) * LATENT_SCALE).float()  # [1, 4, h, w]
-    z_start = q_sample_start(z_lq, to_device(noise.draw(tuple(z_lq.shape), channels_last=True), device))
 
     def on_event(event: ProgressEvent) -> None:
         report(ProgressEvent(event.stage, event.step, event.total_steps, event.tile, event.total_tiles,
                              patch, total_patches))
 
-    denoiser = Denoiser(models.unet, models.time_encoder, models.context, models.prediction)
-    z0 = sample(denoiser, z_start, z_lq, schedule, noise, _fitted_tiling(models, denoiser, opts, z_lq), on_event)
+    z0 = _sample(denoiser, z_lq, schedule, noise, _fitted_tiling(models, denoiser, opts, z_lq), on_event)
 
     report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
     if models.sd_vae is not models.cfw_vae:  # the CFW features come from the CFW checkpoint's encoder
@@ -234,7 +278,8 @@ def upscale_tensor(
         raise ValueError("options still hold model defaults (None); fill them in with model_facts.resolve_options")
     tiling = latent_tiling(models, opts)
     check_budget(height, width, models, opts, tiling)
-    schedule = respaced_schedule(opts.steps)
+    schedule = schedule_for(opts)
+    denoiser = denoiser_for(models, opts)  # encodes the prompts before the first image's work
     min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
     x = img_lq.to(torch.float32) * 2.0 - 1.0
     x, _ = preprocess.prepare_input(x, opts.scale, min_side)  # enlarged by s = max(min_side / short side, scale)
@@ -248,11 +293,12 @@ def upscale_tensor(
     else:
         patches = [Tile(0, 0, padded_h, padded_w)]
     if len(patches) == 1:
-        result = restore(x, models, opts, schedule, noise, progress)
+        result = restore(x, models, opts, denoiser, schedule, noise, progress)
     else:
         blender = GaussianBlender((1, 3, padded_h, padded_w), dtype=torch.float32, device=models.device)
         for k, tile in enumerate(patches):
-            blender.add(tile, restore(x[tile.slices], models, opts, schedule, noise, progress, k, len(patches)))
+            patch_sr = restore(x[tile.slices], models, opts, denoiser, schedule, noise, progress, k, len(patches))
+            blender.add(tile, patch_sr)
         result = blender.result()
     img = preprocess.to_unit_range(result.float())
     return preprocess.finish_output(img, enlarged_hw, target_hw).cpu()

@@ -11,14 +11,19 @@ from stablesr_cli.pipeline.sampler import Denoiser, LatentTiling, sample
 from stablesr_cli.pipeline.schedule import Prediction, q_sample_start, respaced_schedule
 
 
-@handles("LatentDiffusionSRTextWT.sample / sample_canvas (+ q_sample_respace)")
-def ddpm_sampling(case: GoldenCase) -> dict[str, torch.Tensor]:
-    cfg = case.config
-    params = cfg["ldm"]["model"]["params"]
-    run = cfg["sampling"]
+def case_networks(case: GoldenCase) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The UNet and time-aware encoder of a sampling case, from its weights and LDM config."""
+    params = case.config["ldm"]["model"]["params"]
     weights = case.weights()
     unet = build_unet(weights, num_head_channels=params["unet_config"]["params"]["num_head_channels"])
     encoder = build_time_encoder(weights, num_heads=params["structcond_stage_config"]["params"]["num_heads"])
+    return unet, encoder
+
+
+@handles("LatentDiffusionSRTextWT.sample / sample_canvas (+ q_sample_respace)")
+def ddpm_sampling(case: GoldenCase) -> dict[str, torch.Tensor]:
+    run = case.config["sampling"]
+    unet, encoder = case_networks(case)
     schedule = respaced_schedule(run["ddpm_steps"])
     if schedule.timesteps.tolist() != case.input("timesteps").tolist():
         raise AssertionError(f"respaced timesteps {schedule.timesteps.tolist()} differ from the case's")
