@@ -3,7 +3,7 @@
 The command validates every option and plans the whole run (cli/plan.py) before touching the
 model, loads the model once and only when a first image needs it, and keeps going past a failed
 image. Exit codes: 0 all done, 1 some images failed, 2 usage errors, 130 interrupted (Ctrl-C).
-torch is imported only inside `_Batch`, never at CLI start-up.
+torch is imported only by the workers (batch/), never at CLI start-up.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, Optional
 import typer
 from rich.console import Console
 
-from ..errors import OptionError, OutputPathError, StableSRError
+from ..errors import OptionError, OutputPathError
 from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
+from ..progress import ProgressEvent
 from .console import (
     JsonLines,
     Outcome,
@@ -32,11 +33,11 @@ from .console import (
     print_summary,
     stderr_json_lines,
 )
-from .plan import STDIO, Action, Job, OutputRequest, decide, expand_inputs, input_identities, plan_jobs
+from .plan import Action, Job, OutputRequest, expand_inputs, plan_jobs
 
 if TYPE_CHECKING:
-    from ..api import Upscaler
-    from ..imaging.io import Picture
+    from ..batch.runner import Backend
+    from ..batch.work import WorkerSettings
 
 DEFAULTS = UpscaleOptions()
 EXIT_FAILED = 1
@@ -48,6 +49,7 @@ QUALITY = "Quality"
 TILING = "Tiling and memory"
 HARDWARE = "Model and hardware"
 RUN = "Run"
+WORKERS = "Several devices and clusters"
 
 
 def upscale(
@@ -135,6 +137,41 @@ def upscale(
         Optional[Path], typer.Option(help="Append the JSON lines to this file instead (human messages stay on standard error).", rich_help_panel=RUN, show_default=False, dir_okay=False)
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no per-image lines, no summary; errors only.", rich_help_panel=RUN)] = False,
+    devices: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="LIST|all",
+            help="One worker process per device, each loading the model once: cuda:0,cuda:1, or all (every GPU). "
+            "A device named twice gets two workers; cpu,cpu splits the cores between two.",
+            rich_help_panel=WORKERS, show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Worker processes on --device (on the CPU they split its cores); with --ray, Ray actors. Default 1.",
+            rich_help_panel=WORKERS, show_default=False,
+        ),
+    ] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="K/N",
+            help="Only shard K of N of the inputs (a stable split by sorted relative path), one per task of a job "
+            "array on a shared filesystem; with --skip-existing any shard can be run again.",
+            rich_help_panel=WORKERS, show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run on Ray Data (pip install \"stablesr[ray]\"): --ray alone starts Ray on this machine; "
+            "--ray auto joins this node's cluster, --ray ray://HOST:PORT a remote one. Inputs and outputs must be on "
+            "a filesystem every node sees.",
+            rich_help_panel=WORKERS,
+        ),
+    ] = False,
 ) -> None:
     """Upscale images with StableSR.
 
@@ -143,6 +180,10 @@ def upscale(
     stablesr upscale photos/ -r -o big/ --skip-existing
     cat small.png | stablesr upscale - > big.png
     """
+    # batch/ imports the CLI's console and plan types, so it is imported here, not above.
+    from ..batch.shard import parse_shard, select_shard
+    from ..batch.work import WorkerSettings
+
     console = make_console()
     try:
         options = UpscaleOptions(
@@ -154,7 +195,13 @@ def upscale(
             output=output, suffix=suffix, format=output_format, scale=scale,
             skip_existing=skip_existing, overwrite=overwrite,
         )  # fmt: skip
+        ray_address = None
+        if ray:
+            inputs, ray_address = _split_ray_address(inputs)
         jobs = plan_jobs(expand_inputs(inputs, recursive=recursive), request)
+        backend = _backend(devices=devices, workers=workers, device=device, ray_address=ray_address, jobs=jobs)
+        if shard is not None:
+            jobs = select_shard(jobs, parse_shard(shard))
         stdout = _binary_stream("stdout")
         if not dry_run and any(j.action is Action.UPSCALE and j.destination is None for j in jobs) and stdout.isatty():
             raise OptionError("refusing to write image bytes to a terminal; redirect standard output (> big.png) or pass -o FILE")
@@ -170,17 +217,54 @@ def upscale(
         if dry_run:
             exit_code = report.dry_run(jobs)
         else:
-            batch = _Batch(
-                jobs, options, report,
-                model=model, device=device, dtype=dtype, offline=offline, explicit_w=w is not None,
-                quality=quality, max_pixels=_max_pixels(max_pixels), skip_existing=skip_existing,
-                overwrite=overwrite, stdout=stdout,
+            settings = WorkerSettings(
+                model=model, device=device, dtype=dtype.value, offline=offline, options=options,
+                explicit_w=w is not None, quality=quality, max_pixels=_max_pixels(max_pixels),
+                skip_existing=skip_existing, overwrite=overwrite,
             )  # fmt: skip
-            exit_code = batch.run()
+            exit_code = _Batch(jobs, settings, backend, report, stdout).run()
     finally:
         if json_sink is not None:
             json_sink.close()
     raise typer.Exit(exit_code)
+
+
+def _split_ray_address(inputs: list[str]) -> tuple[list[str], str]:
+    from ..batch.ray_backend import LOCAL, parse_ray_address
+
+    """`--ray [ADDRESS]`: Typer options cannot take an optional value, so `--ray` is a flag and an
+    address typed after it arrives among the INPUT arguments; it is told apart by its form (auto,
+    local, ray://HOST:PORT, HOST:PORT) and by not being an existing file."""
+    addresses = [a for a in inputs if _looks_like_ray_address(a) and not Path(a).exists()]
+    if len(addresses) > 1:
+        raise OptionError(f"--ray takes one address, got {', '.join(addresses)}")
+    if not addresses:
+        return inputs, LOCAL
+    rest = [a for a in inputs if a != addresses[0]]
+    if not rest:
+        raise OptionError("no INPUT given; usage: stablesr upscale SRC -o DST --ray [ADDRESS]")
+    return rest, parse_ray_address(addresses[0])
+
+
+def _looks_like_ray_address(text: str) -> bool:
+    if text in ("local", "auto") or text.startswith("ray://"):
+        return True
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and "/" not in text
+
+
+def _backend(*, devices: str | None, workers: int | None, device: str, ray_address: str | None, jobs: list[Job]) -> Backend:
+    from ..batch.devices import plan_workers
+    from ..batch.ray_backend import require_ray
+    from ..batch.runner import Backend
+    if ray_address is None:
+        return Backend(plan_workers(devices=devices, workers=workers, device=device))
+    if devices is not None:
+        raise OptionError("--ray and --devices contradict each other: Ray gives each actor one GPU of the cluster")
+    if any(job.destination is None or (job.source is not None and job.source.is_stdin) for job in jobs):
+        raise OptionError("--ray reads and writes files on a shared filesystem; it cannot use standard input or output")
+    require_ray()
+    return Backend(plan_workers(devices=None, workers=None, device=device), ray_address=ray_address, ray_workers=workers)
 
 
 def _open_json(path: Path) -> JsonLines:
@@ -244,8 +328,10 @@ class _Report:
 
     def dry_run(self, jobs: list[Job]) -> int:
         """List the plan; return the exit code a real run would have if every upscale succeeded."""
+        from ..batch.runner import outcome_of_plan
+
         for job in jobs:
-            self.add(_outcome_of_plan(job), listing=True)
+            self.add(outcome_of_plan(job), listing=True)
         counts = {action: sum(j.action is action for j in jobs) for action in Action}
         if self.human:
             print_line(
@@ -266,56 +352,33 @@ class _Report:
             print_line(self.console, "interrupted; run the same command with --skip-existing to resume", style="bold")
 
 
-def _outcome_of_plan(job: Job) -> Outcome:
-    """What the plan alone says about a job: planned, skipped, or failed with its reason."""
-    status = {Action.UPSCALE: Status.PLANNED, Action.SKIP: Status.SKIPPED, Action.FAIL: Status.FAILED}[job.action]
-    return Outcome(job.label, None if job.source is None else job.destination_label, status, error=job.reason or None)
-
-
 class _Batch:
-    """Runs the planned jobs in order with one model, loaded when the first image needs it."""
+    """Runs the planned jobs on the chosen backend (batch/runner.py) and reports them."""
 
-    def __init__(
-        self, jobs: list[Job], options: UpscaleOptions, report: _Report, *, model: str, device: str,
-        dtype: Precision, offline: bool, explicit_w: bool, quality: int | None, max_pixels: int | None,
-        skip_existing: bool, overwrite: bool, stdout: BinaryIO,
-    ) -> None:  # fmt: skip
+    def __init__(self, jobs: list[Job], settings: WorkerSettings, backend: Backend, report: _Report, stdout: BinaryIO) -> None:
         self.jobs = jobs
-        self.options = options
         self.report = report
-        self.model_name = model
-        self.device = device
-        self.dtype = dtype
-        self.offline = offline
-        self.explicit_w = explicit_w
-        self.quality = quality
-        self.max_pixels = max_pixels
-        self.skip_existing = skip_existing
-        self.overwrite = overwrite
         self.stdout = stdout
-        self.inputs = input_identities(j.source for j in jobs if j.source is not None)
-        self.upscaler: Upscaler | None = None
         report.live = report.chatty and report.console.is_terminal
+        self.settings = dataclasses.replace(settings, progress=report.live)
+        self.backend = backend
         self.progress = RunProgress(
             report.console, total_images=sum(j.action is Action.UPSCALE for j in jobs), enabled=report.live
         )
 
     def run(self) -> int:
+        from ..batch.runner import BatchRunner
+        from ..batch.work import RunAborted
+
         started = time.perf_counter()
         interrupted = False
         try:
             with self.progress.shown():
-                for job in self.jobs:
-                    if job.action is not Action.UPSCALE:
-                        self.report.add(_outcome_of_plan(job))
-                        continue
-                    self.progress.start_image(job.label)
-                    self.report.add(self._upscale(job))
-                    self.progress.finish_image()
+                BatchRunner(self.jobs, self.settings, self, self.backend, streams=self).run()
         except KeyboardInterrupt:
-            # The image in flight is lost; its temporary file was removed by write_picture.
+            # The images in flight are lost; their temporary files were removed by the writer.
             interrupted = True
-        except _RunAborted as aborted:
+        except RunAborted as aborted:
             print_line(self.report.console, error_line(aborted.subject, aborted.problem), style="red")
             return aborted.exit_code
         self.report.summary(time.perf_counter() - started, interrupted=interrupted)
@@ -323,107 +386,34 @@ class _Batch:
             return EXIT_INTERRUPTED
         return EXIT_FAILED if any(o.status is Status.FAILED for o in self.report.outcomes) else 0
 
-    def _upscale(self, job: Job) -> Outcome:
-        from ..imaging.io import read_picture
+    # batch.runner.BatchSink
+    def add(self, outcome: Outcome) -> None:
+        self.report.add(outcome)
 
-        started = time.perf_counter()
-        source = job.source
-        assert source is not None  # planned UPSCALE jobs always have a source
+    def note(self, message: str) -> None:
+        self.report.note(message)
+
+    def start_image(self, label: str) -> None:
+        self.progress.start_image(label)
+
+    def on_event(self, event: ProgressEvent) -> None:
+        self.progress.on_event(event)
+
+    def finish_image(self) -> None:
+        self.progress.finish_image()
+
+    # batch.work.StandardStreams
+    def read_stdin(self) -> bytes:
+        # Read when the command runs, never at import (a CliRunner test swaps stdin in late).
+        return _binary_stream("stdin").read()
+
+    def write_stdout(self, data: bytes) -> None:
         try:
-            if source.is_stdin:
-                # Read when the command runs, never at import (a CliRunner test swaps stdin in late).
-                picture = read_picture(_binary_stream("stdin").read(), max_pixels=self.max_pixels)
-            else:
-                picture = read_picture(source.path, max_pixels=self.max_pixels)
-            result = self._run_model(picture)
-            skipped = self._write(job, result)
-        except StableSRError as error:
-            return self._failed(job, str(error), started)
-        except (RuntimeError, MemoryError) as error:
-            if not _is_out_of_memory(error):
-                raise  # a real bug: let it show its traceback
-            hint = "out of memory; try a smaller --tile-size or --vae-tile-size, --tile-batch 1, or --dtype fp16"
-            return self._failed(job, hint, started)
-        if skipped is not None:
-            return Outcome(job.label, job.destination_label, Status.SKIPPED, error=skipped)
-        return Outcome(
-            job.label, job.destination_label, Status.DONE, seconds=time.perf_counter() - started,
-            size=(result.width, result.height), input_size=(picture.width, picture.height),
-        )  # fmt: skip
-
-    def _failed(self, job: Job, problem: str, started: float) -> Outcome:
-        return Outcome(job.label, job.destination_label, Status.FAILED, time.perf_counter() - started, error=problem)
-
-    def _run_model(self, picture: Picture) -> Picture:
-        from ..imaging.picture import from_model_output, to_model_input
-
-        upscaler = self._model()
-        img_lq = to_model_input(picture)  # [1, 3, H, W] in [0, 1]
-        progress = self.progress.on_event if self.report.chatty else None
-        img_sr = upscaler.upscale_tensor(img_lq, self.options, progress=progress)
-        return from_model_output(picture, img_sr)
-
-    def _model(self) -> Upscaler:
-        if self.upscaler is not None:
-            return self.upscaler
-        from ..api import Upscaler
-
-        try:
-            self.upscaler = Upscaler.from_pretrained(
-                self.model_name, device=self.device, dtype=self.dtype.value,
-                offline=True if self.offline else None, on_event=self.report.note,
-            )  # fmt: skip
-        except OptionError as error:
-            raise _RunAborted(self.model_name, str(error), EXIT_USAGE) from error
-        except StableSRError as error:
-            raise _RunAborted(self.model_name, str(error), EXIT_FAILED) from error
-        spec = self.upscaler.spec
-        if not self.explicit_w:
-            self.options = dataclasses.replace(self.options, w=spec.default_w)
-        steps = self.options.steps or spec.default_steps
-        self.report.note(f"model {spec.name} on {self.upscaler.device}, {steps} steps, w {self.options.w:g}")
-        return self.upscaler
-
-    def _write(self, job: Job, result: Picture) -> str | None:
-        """Write the result; returns why it was skipped instead, or None once written."""
-        from ..imaging.io import encode_picture, write_picture
-
-        fmt = job.format.value if job.format is not None else None
-        if job.destination is None:
-            data = encode_picture(result, fmt, self.quality)  # type: ignore[arg-type]  # None: the input's format
-            try:
-                self.stdout.write(data)
-                self.stdout.flush()
-            except BrokenPipeError as error:
-                _silence_stdout()
-                raise OutputPathError("standard output was closed before the image was written") from error
-            return None
-        # The run may have been long: look again, in case another process wrote the file meanwhile.
-        action, reason = decide(job.destination, inputs=self.inputs, skip_existing=self.skip_existing, overwrite=self.overwrite)
-        if action is Action.SKIP:
-            return reason
-        if action is Action.FAIL:
-            raise OutputPathError(reason)
-        try:
-            job.destination.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputPathError(f"cannot create output folder {job.destination.parent} ({error.strerror or error})") from error
-        write_picture(result, job.destination, format=fmt, quality=self.quality)
-        return None
-
-
-class _RunAborted(Exception):
-    """A failure that ends the whole run (the model cannot be loaded), not just one image."""
-
-    def __init__(self, subject: str, problem: str, exit_code: int) -> None:
-        super().__init__(problem)
-        self.subject = subject
-        self.problem = problem
-        self.exit_code = exit_code
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+            self.stdout.write(data)
+            self.stdout.flush()
+        except BrokenPipeError as error:
+            _silence_stdout()
+            raise OutputPathError("standard output was closed before the image was written") from error
 
 
 def _binary_stream(name: str) -> BinaryIO:
