@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..cli.plan import Job
@@ -42,12 +43,17 @@ class ListFeed:
         return self._jobs.popleft() if self._jobs else None
 
 
+@dataclass
 class _Written:
-    def __init__(self, index: int, job: Job, stages: list[Stage], picture: object, future: Future[Stage]) -> None:
-        self.index, self.job, self.stages, self.picture, self.future = index, job, stages, picture, future
+    """An image being written: its outcome is known once the write is done."""
+
+    index: int
+    job: Job
+    stages: list[Stage]
+    future: Future[Stage]
 
     def outcome(self) -> Finished:
-        return Finished(self.index, outcome_of(self.job, [*self.stages, self.future.result()], self.picture))  # type: ignore[arg-type]
+        return Finished(self.index, outcome_of(self.job, [*self.stages, self.future.result()]))
 
 
 def run_pipelined(feed: JobFeed, worker: ImageWorker, emit: Callable[[Event], None]) -> None:
@@ -83,7 +89,7 @@ def run_pipelined(feed: JobFeed, worker: ImageWorker, emit: Callable[[Event], No
                         emit(Finished(index, outcome_of(job, [read, computed])))
                     else:
                         future = writer.submit(worker.write, job, computed.value)  # type: ignore[arg-type]
-                        writes.append(_Written(index, job, [read, computed], read.value, future))
+                        writes.append(_Written(index, job, [read, computed], future))
                     del computed
                 del read
                 if isinstance(following, NotYet):

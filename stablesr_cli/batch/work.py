@@ -189,7 +189,7 @@ class ImageWorker:
         computed = self.compute(job, read.value, progress)  # type: ignore[arg-type]
         if computed.error is not None:
             return outcome_of(job, [read, computed])
-        return outcome_of(job, [read, computed, self.write(job, computed.value)], read.value)  # type: ignore[arg-type]
+        return outcome_of(job, [read, computed, self.write(job, computed.value)])  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ details
 
@@ -233,16 +233,16 @@ class ImageWorker:
         os._exit(137)
 
 
-def outcome_of(job: Job, stages: list[Stage], picture: Picture | None = None) -> Outcome:
-    """One image's outcome from its stages; seconds is the work spent on it, not the wall time
-    of a pipeline that overlapped it with other images."""
+def outcome_of(job: Job, stages: list[Stage]) -> Outcome:
+    """One image's outcome from its stages (read, compute, write; up to the one that failed).
+    Seconds is the work spent on it, not the wall time of a pipeline that overlapped it with others."""
     seconds = sum(stage.seconds for stage in stages)
     last = stages[-1]
     if last.error is not None:
         return Outcome(job.label, job.destination_label, Status.FAILED, seconds, error=last.error)
     if isinstance(last.value, str):
         return Outcome(job.label, job.destination_label, Status.SKIPPED, error=last.value)
-    result = stages[1].value
+    picture, result = stages[0].value, stages[1].value
     return Outcome(
         job.label, job.destination_label, Status.DONE, seconds=seconds,
         size=(result.width, result.height), input_size=(picture.width, picture.height),  # type: ignore[union-attr]
