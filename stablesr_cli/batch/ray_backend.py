@@ -78,10 +78,10 @@ def _connect(ray: Any, address: str) -> bool:
     """Join (or start) Ray; True when this run started it and must stop it."""
     if ray.is_initialized():
         return False  # a Python caller (or a test) already holds a Ray session: use it
-    # --json consumers read standard error: keep Ray's start-up chatter (Python and C++) off it.
+    # --json consumers read standard error: keep Ray's Python chatter off it. Its C++ core still
+    # logs the odd line there, which is why the README suggests --json-file with --ray.
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address == LOCAL:
         ray.init(**quiet)
