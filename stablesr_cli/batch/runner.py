@@ -86,7 +86,7 @@ class BatchRunner:
             else:
                 self._run_here(work)
         except KeyboardInterrupt:
-            if self.backend.ray_address in ("local", "auto") or self.backend.workers.count > 1:
+            if self.backend.ray_address == "local" or self.backend.workers.count > 1:
                 self._remove_temporaries(work)
             raise
         self._report_plan_until(len(self.jobs))
@@ -116,7 +116,8 @@ class BatchRunner:
         self._reported_plan = max(self._reported_plan, end)
 
     def _remove_temporaries(self, work: list[IndexedJob]) -> None:
-        """Temporaries of workers killed while writing (their pids are gone)."""
+        """Temporaries of workers killed while writing (their pids are gone). Only for workers on
+        this machine: a process id says nothing about a writer on another node."""
         folders = {job.destination.parent for _, job in work if job.destination is not None}
         for folder in folders:
             remove_stale_temporaries(folder)
