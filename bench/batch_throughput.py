@@ -6,8 +6,9 @@
 
 Each configuration is the real command in a fresh process (`python -m stablesr_cli upscale IN -o OUT
 --json-file LOG ...`), so the numbers include process start, model load and writing. Printed per
-configuration: wall seconds, images per hour, and the mean work per image (read + compute + write,
-from the JSON lines). Also measured alone: model load in a fresh process, and Ray start-up.
+configuration: wall seconds, images per hour, the mean work per image (read + compute + write,
+from the JSON lines) and CPU seconds per image (the command and its worker processes; on a shared,
+busy machine two processes also get a bigger share of the CPU, which this column sees through). Also measured alone: model load in a fresh process, and Ray start-up.
 The full-size model is SD 2.x-sized with random weights, written once as a converted folder
 (about 4.5 GB) under --work; its images are meaningless, its cost is the real architecture's.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -100,14 +102,21 @@ def run(label: str, images: Path, out: Path, model_args: list[str], extra: list[
     log = out.with_suffix(".jsonl")
     log.unlink(missing_ok=True)
     command = [sys.executable, "-m", "stablesr_cli", "upscale", str(images), "-o", str(out), "--json-file", str(log), "-q", *model_args, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env())
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time of the command and its worker processes (not of Ray's, which the raylet owns)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if result.returncode != 0:
         raise SystemExit(f"{label} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     records = [json.loads(line) for line in log.read_text().splitlines()]
     work = [r["seconds"] for r in records if r["status"] == "done"]
-    return {"label": label, "images": len(work), "wall": wall, "per_hour": len(work) / wall * 3600, "work": sum(work) / len(work)}
+    return {
+        "label": label, "images": len(work), "wall": wall, "per_hour": len(work) / wall * 3600,
+        "work": sum(work) / len(work), "cpu_per_image": cpu / len(work),
+    }  # fmt: skip
 
 
 def model_load_seconds(model_args: list[str], threads: int | None) -> float:
@@ -156,9 +165,12 @@ def main() -> None:
     load = model_load_seconds(model_args, None)
     print(f"\nstablesr batch throughput: {args.model} model, {args.images} images of {args.side}x{args.side}, "
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"{'configuration':<16} {'wall s':>8} {'images/hour':>12} {'work/image s':>13}")
+    print(f"{'configuration':<16} {'wall s':>8} {'images/hour':>12} {'work/image s':>13} {'CPU s/image':>12}")
     for row in rows:
-        print(f"{row['label']:<16} {row['wall']:>8.1f} {row['per_hour']:>12.0f} {row['work']:>13.2f}")
+        print(
+            f"{row['label']:<16} {row['wall']:>8.1f} {row['per_hour']:>12.0f} {row['work']:>13.2f} "
+            f"{row['cpu_per_image']:>12.2f}"
+        )
     print(f"model load in a fresh process (incl. torch import): {load:.1f} s")
     if args.ray:
         print(f"Ray start (ray.init, local): {ray_start_seconds():.1f} s")

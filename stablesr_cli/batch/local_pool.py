@@ -1,8 +1,8 @@
 """One worker process per device on this machine, each holding one loaded model.
 
-Jobs are handed out one at a time as workers become free (the runner orders them largest first),
-plus one waiting job per busy worker so it can decode that image while computing the current one;
-near the end of the batch no job waits behind a busy worker. A worker that dies (out of memory,
+Jobs are handed out as workers become free (the runner orders them largest first); a busy worker
+also holds the next images so it can decode one while computing the current one, except near the
+end of the batch, where no job waits behind a busy worker. A worker that dies (out of memory,
 killed) fails only the image it was working on; it is restarted and the batch goes on. Ctrl-C or
 SIGTERM stops every worker: each finishes the file it is writing, so no temporary file is left.
 
@@ -33,6 +33,9 @@ from .work import ImageWorker, RunAborted, WorkerSettings
 
 STOP_GRACE_SECONDS = 30.0
 """How long stopped workers get to finish the file they are writing before they are killed."""
+WAITING_PER_WORKER = 2
+"""Jobs a busy worker holds besides the one it computes: one being decoded, one in its pipe, so
+that the next decode can begin as soon as a compute does (a worker learns of a job only between images)."""
 FAILED_STARTS_LIMIT = 2
 """A worker that dies this many times in a row before its model is loaded ends the run."""
 
@@ -153,14 +156,19 @@ class LocalPool:
         slot.held, slot.started, slot.loaded = [], set(), False
 
     def _dispatch(self) -> None:
-        for slot in self.slots:
-            if not (self.queue and slot.alive and slot.loaded):
-                continue
-            # A busy worker gets a job to decode ahead only while the queue outlasts the workers.
-            if not slot.held or (not slot.waiting and len(self.queue) >= len(self.slots)):
-                index, job = self.queue.popleft()
-                slot.held.append(index)
-                self._send(slot, (index, job))
+        """Keep each worker fed: one job to start with, and while the queue outlasts the workers,
+        up to two not yet begun (the one it decodes during the current compute, and the next)."""
+        given = True
+        while given and self.queue:
+            given = False
+            for slot in self.slots:
+                if not (self.queue and slot.alive and slot.loaded):
+                    continue
+                if not slot.held or (len(slot.waiting) < WAITING_PER_WORKER and len(self.queue) >= len(self.slots)):
+                    index, job = self.queue.popleft()
+                    slot.held.append(index)
+                    self._send(slot, (index, job))
+                    given = True
 
     def _send(self, slot: _Slot, message: object) -> None:
         try:

@@ -93,10 +93,12 @@ def run_pipelined(feed: JobFeed, worker: ImageWorker, emit: Callable[[Event], No
                     del computed
                 del read
                 if isinstance(following, NotYet):
-                    # Nothing queued: report what is being written before waiting, or whoever
-                    # feeds us would wait for those results while we wait for it.
-                    report_writes(wait=True)
-                    following = feed.take(wait=True)
+                    following = feed.take(wait=False)  # it may have come while we computed
+                    if isinstance(following, NotYet):
+                        # Nothing queued: report what is being written before waiting, or whoever
+                        # feeds us would wait for those results while we wait for it.
+                        report_writes(wait=True)
+                        following = feed.take(wait=True)
                     next_reading = reader.submit(worker.read, following[1]) if isinstance(following, tuple) else None
                 current, reading = following, next_reading
             report_writes(wait=True)

@@ -40,15 +40,34 @@ ACTOR_RETRIES = 1
 def parse_ray_address(text: str) -> str:
     """`local`, `auto`, `ray://host:port` or `host:port`; anything else is a usage error."""
     address = text.strip()
-    if address in (LOCAL, "auto") or address.startswith("ray://"):
-        return address
-    host, _, port = address.rpartition(":")
-    if host and port.isdigit() and "/" not in address:
+    if _looks_like_address(address):
         return address
     raise OptionError(
         f"--ray {text!r} is not a Ray address; use --ray alone (a local Ray), --ray auto, or --ray ray://HOST:PORT "
         "(put the INPUT arguments before --ray)"
     )
+
+
+def split_ray_address(inputs: list[str]) -> tuple[list[str], str]:
+    """`--ray [ADDRESS]`: Typer options cannot take an optional value, so `--ray` is a flag and an
+    address typed after it arrives among the INPUT arguments. It is told apart by its form (local,
+    auto, ray://HOST:PORT, HOST:PORT) and by not being an existing file. Returns (inputs, address)."""
+    addresses = [a for a in inputs if _looks_like_address(a) and not Path(a).exists()]
+    if len(addresses) > 1:
+        raise OptionError(f"--ray takes one address, got {', '.join(addresses)}")
+    if not addresses:
+        return inputs, LOCAL
+    rest = [a for a in inputs if a != addresses[0]]
+    if not rest:
+        raise OptionError("no INPUT given; usage: stablesr upscale SRC -o DST --ray [ADDRESS]")
+    return rest, parse_ray_address(addresses[0])
+
+
+def _looks_like_address(text: str) -> bool:
+    if text in (LOCAL, "auto") or text.startswith("ray://"):
+        return True
+    host, _, port = text.rpartition(":")
+    return bool(host) and port.isdigit() and "/" not in text
 
 
 def require_ray() -> Any:

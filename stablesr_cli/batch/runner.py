@@ -104,8 +104,9 @@ class BatchRunner:
             self.sink.note(event.message)
 
     def _run_here(self, work: list[IndexedJob]) -> None:
-        device, threads = self.backend.workers.devices[0], self.backend.workers.threads[0]
-        settings = dataclasses.replace(self.settings, device=device, threads=threads)
+        # One image for several workers runs here too, with every core.
+        plan = self.backend.workers
+        settings = dataclasses.replace(self.settings, device=plan.devices[0], threads=plan.threads[0] if plan.count == 1 else None)
         worker = ImageWorker(settings, note=self.sink.note, streams=self.streams)
         run_pipelined(ListFeed(work), worker, self.handle)
 

@@ -197,7 +197,9 @@ def upscale(
         )  # fmt: skip
         ray_address = None
         if ray:
-            inputs, ray_address = _split_ray_address(inputs)
+            from ..batch.ray_backend import split_ray_address
+
+            inputs, ray_address = split_ray_address(inputs)
         jobs = plan_jobs(expand_inputs(inputs, recursive=recursive), request)
         backend = _backend(devices=devices, workers=workers, device=device, ray_address=ray_address, jobs=jobs)
         if shard is not None:
@@ -227,30 +229,6 @@ def upscale(
         if json_sink is not None:
             json_sink.close()
     raise typer.Exit(exit_code)
-
-
-def _split_ray_address(inputs: list[str]) -> tuple[list[str], str]:
-    from ..batch.ray_backend import LOCAL, parse_ray_address
-
-    """`--ray [ADDRESS]`: Typer options cannot take an optional value, so `--ray` is a flag and an
-    address typed after it arrives among the INPUT arguments; it is told apart by its form (auto,
-    local, ray://HOST:PORT, HOST:PORT) and by not being an existing file."""
-    addresses = [a for a in inputs if _looks_like_ray_address(a) and not Path(a).exists()]
-    if len(addresses) > 1:
-        raise OptionError(f"--ray takes one address, got {', '.join(addresses)}")
-    if not addresses:
-        return inputs, LOCAL
-    rest = [a for a in inputs if a != addresses[0]]
-    if not rest:
-        raise OptionError("no INPUT given; usage: stablesr upscale SRC -o DST --ray [ADDRESS]")
-    return rest, parse_ray_address(addresses[0])
-
-
-def _looks_like_ray_address(text: str) -> bool:
-    if text in ("local", "auto") or text.startswith("ray://"):
-        return True
-    host, _, port = text.rpartition(":")
-    return bool(host) and port.isdigit() and "/" not in text
 
 
 def _backend(*, devices: str | None, workers: int | None, device: str, ray_address: str | None, jobs: list[Job]) -> Backend:
