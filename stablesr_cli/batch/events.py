@@ -17,6 +17,13 @@ class Started:
 
 
 @dataclass(frozen=True)
+class Computed:
+    """The model is done with job `index`; what is left is writing its file."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class Stepped:
     """Progress within job `index`."""
 
@@ -63,4 +70,4 @@ class Crashed:
     traceback: str
 
 
-Event = Started | Stepped | Finished | Note | Loaded | Aborted | Crashed
+Event = Started | Computed | Stepped | Finished | Note | Loaded | Aborted | Crashed

@@ -27,7 +27,8 @@ from multiprocessing.process import BaseProcess
 from ..atomic import remove_stale_temporaries
 from ..cli.console import Outcome, Status
 from .devices import WorkerPlan
-from .events import Aborted, Crashed, Event, Finished, Loaded, Note, Started
+from ..cli.plan import Job
+from .events import Aborted, Computed, Crashed, Event, Finished, Loaded, Note, Started
 from .prefetch import NOT_YET, IndexedJob, NotYet, run_pipelined
 from .work import ImageWorker, RunAborted, WorkerSettings
 
@@ -97,6 +98,9 @@ class _Slot:
     held: list[int] = field(default_factory=list)
     """Jobs sent to this worker and not finished, in the order sent."""
     started: set[int] = field(default_factory=set)
+    computed: set[int] = field(default_factory=set)
+    """Started jobs whose compute is done: only their file was being written."""
+    sent_at: dict[int, float] = field(default_factory=dict)
     loaded: bool = False
     failed_starts: int = 0
 
@@ -115,9 +119,10 @@ class LocalPool:
         self.handle = handle
         self.slots = [_Slot(n, device, threads) for n, (device, threads) in enumerate(zip(plan.devices, plan.threads))]
         self.context = multiprocessing.get_context("spawn")
-        self.jobs: dict[int, object] = {}
+        self.jobs: dict[int, Job] = {}
         self.queue: deque[IndexedJob] = deque()
         self.remaining: set[int] = set()
+        self.retried: set[int] = set()
 
     def run(self, jobs: list[IndexedJob]) -> None:
         """Run `jobs` in this order of hand-out; returns when every one has a Finished event."""
@@ -153,7 +158,7 @@ class LocalPool:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_end.close()
         slot.process, slot.connection = process, parent_end
-        slot.held, slot.started, slot.loaded = [], set(), False
+        slot.held, slot.started, slot.computed, slot.sent_at, slot.loaded = [], set(), set(), {}, False
 
     def _dispatch(self) -> None:
         """Keep each worker fed: one job to start with, and while the queue outlasts the workers,
@@ -167,6 +172,7 @@ class LocalPool:
                 if not slot.held or (len(slot.waiting) < WAITING_PER_WORKER and len(self.queue) >= len(self.slots)):
                     index, job = self.queue.popleft()
                     slot.held.append(index)
+                    slot.sent_at[index] = time.time()
                     self._send(slot, (index, job))
                     given = True
 
@@ -206,6 +212,8 @@ class LocalPool:
         elif isinstance(event, Started):
             slot.started.add(event.index)
             self.handle(event)
+        elif isinstance(event, Computed):
+            slot.computed.add(event.index)
         elif isinstance(event, Finished):
             if event.index in slot.held:
                 slot.held.remove(event.index)
@@ -215,14 +223,15 @@ class LocalPool:
         elif isinstance(event, Aborted):
             raise RunAborted(event.subject, event.problem, event.exit_code)
         elif isinstance(event, Crashed):
-            held = [self.jobs[i].label for i in slot.held if i in slot.started]  # type: ignore[attr-defined]
+            held = [self.jobs[i].label for i in slot.held if i in slot.started]
             where = f" on {', '.join(held)}" if held else ""
             raise WorkerCrashed(f"worker on {slot.device} failed{where}:\n{event.traceback}")
         else:
             self.handle(event)
 
     def _on_exit(self, slot: _Slot) -> None:
-        """A worker died: fail the images it was working on, requeue those it had not begun, restart it."""
+        """A worker died: fail the image it was computing, settle the ones it was writing, requeue
+        those it had not begun, and restart it."""
         self._receive_all(slot)  # results it sent before dying still count
         process = slot.process
         assert process is not None
@@ -230,20 +239,33 @@ class LocalPool:
         cause = _describe_exit(process.exitcode)
         slot.connection.close()  # type: ignore[union-attr]
         slot.process, slot.connection = None, None
-        for index in reversed(slot.waiting):
-            self.queue.appendleft((index, self.jobs[index]))  # type: ignore[arg-type]
+        again = [i for i in slot.held if i not in slot.started]
         for index in [i for i in slot.held if i in slot.started]:
             job = self.jobs[index]
-            problem = f"the worker on {slot.device} died while upscaling this image ({cause}); the rest of the batch went on"
-            self.remaining.discard(index)
-            self.handle(Finished(index, Outcome(job.label, job.destination_label, Status.FAILED, error=problem)))  # type: ignore[attr-defined]
             _remove_temporaries_of(job)
+            if index not in slot.computed:
+                problem = f"the worker on {slot.device} died while upscaling this image ({cause}); the rest of the batch went on"
+                self._settle(index, Outcome(job.label, job.destination_label, Status.FAILED, error=problem))
+            elif (written := _written_since(job, slot.sent_at.get(index, 0.0))) is not None:
+                self._settle(index, written)  # the rename happened; only the report was lost
+            elif index not in self.retried:
+                self.retried.add(index)
+                again.append(index)  # its write was cut short: compute it again
+            else:
+                problem = f"the worker on {slot.device} died twice while writing this image ({cause})"
+                self._settle(index, Outcome(job.label, job.destination_label, Status.FAILED, error=problem))
+        for index in reversed(again):
+            self.queue.appendleft((index, self.jobs[index]))
         if not slot.loaded:
             slot.failed_starts += 1
             if slot.failed_starts >= FAILED_STARTS_LIMIT:
                 raise RunAborted(self.settings.model, f"the worker on {slot.device} died while loading the model ({cause})", 1)
         if self.remaining:
             self._start(slot)
+
+    def _settle(self, index: int, outcome: Outcome) -> None:
+        self.remaining.discard(index)
+        self.handle(Finished(index, outcome))
 
     def _shutdown(self, *, graceful: bool) -> None:
         live = [slot for slot in self.slots if slot.alive]
@@ -286,6 +308,22 @@ def _describe_exit(code: int | None) -> str:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         return f"killed by {name}" + (", perhaps out of memory" if name == "SIGKILL" else "")
     return f"exit code {code}" + (", perhaps out of memory" if code == 137 else "")
+
+
+def _written_since(job: Job, since: float) -> Outcome | None:
+    """The outcome of a job whose output file was renamed into place after `since` (writes are
+    atomic, so an output that exists is whole), or None when there is no such file."""
+    destination = job.destination
+    try:
+        if destination is None or destination.stat().st_mtime < since - 1.0:
+            return None
+        from PIL import Image
+
+        with Image.open(destination) as output, Image.open(job.source.path) as source:  # type: ignore[union-attr]
+            sizes = output.size, source.size
+    except Exception:  # noqa: BLE001 - unreadable: treat as not written, it is done again
+        return None
+    return Outcome(job.label, job.destination_label, Status.DONE, size=sizes[0], input_size=sizes[1])
 
 
 def _remove_temporaries_of(job: object) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..cli.plan import Job
-from .events import Event, Finished, Started, Stepped
+from .events import Computed, Event, Finished, Started, Stepped
 from .work import ImageWorker, Stage, outcome_of
 
 IndexedJob = tuple[int, Job]
@@ -88,6 +88,7 @@ def run_pipelined(feed: JobFeed, worker: ImageWorker, emit: Callable[[Event], No
                     if computed.error is not None:
                         emit(Finished(index, outcome_of(job, [read, computed])))
                     else:
+                        emit(Computed(index))
                         future = writer.submit(worker.write, job, computed.value)  # type: ignore[arg-type]
                         writes.append(_Written(index, job, [read, computed], future))
                     del computed
