@@ -7,42 +7,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, WeightsNotFoundError
+from .model_facts import ModelFacts, resolve_options
 from .options import UpscaleOptions
 from .progress import ProgressEvent
 from .runtime import resolve_device, resolve_dtype
 
 ProgressCallback = Callable[[ProgressEvent], None]
-_NEEDED = ("unet", "time_encoder", "vae", "cfw", "context_empty")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    prediction: str = "eps"
-    native_tile: int = 64
-    """Native latent tile side: 64 for the 512-family models, 96 for 768v."""
-    default_steps: int = 200
-    default_w: float = 0.5
-
-    @classmethod
-    def from_spec(cls, spec) -> "ModelInfo":
-        """From the weights manifest's `store.ModelSpec`."""
-        return cls(spec.name, spec.prediction, spec.tile_latent, spec.default_steps, spec.default_w)
 
 
 class Upscaler:
-    def __init__(self, models, info: ModelInfo) -> None:
+    """Loaded networks plus the facts of their model; `upscale` as often as you like."""
+
+    def __init__(self, models, facts: ModelFacts) -> None:
         self.models = models
-        self.spec = info
+        self.facts = facts
 
     @property
     def device(self) -> torch.device:
@@ -57,27 +41,28 @@ class Upscaler:
         dtype: str = "auto",
         offline: bool | None = None,
         on_event: Callable[[str], None] | None = None,
+        on_weights_event: Callable | None = None,
     ) -> "Upscaler":
         """A manifest name (turbo, v2-512, v2-768v, face), an official .ckpt, or a folder of converted files.
 
         Missing weights are downloaded and converted on first use (unless offline), with what is
-        fetched reported through `on_event`.
+        fetched reported through `on_event` (one line of text per step), or through
+        `on_weights_event`, which receives each `store.WeightsEvent`, download byte counts included.
         """
-        path = Path(os.fspath(model)).expanduser()
-        if path.is_dir():
-            from .checkpoints.convert import find_converted
-
-            components = find_converted(path)
-            if all(name in components for name in _NEEDED):
-                return cls.from_components(components, device=device, dtype=dtype)
         from .store import ensure_model
 
-        def note(event) -> None:  # the store reports WeightsEvent objects; callers get their text
-            if on_event is not None and getattr(event, "kind", "") != "progress":
-                on_event(getattr(event, "message", str(event)))
+        torch_device = resolve_device(device)  # device and dtype problems surface before any download
+        resolve_dtype(dtype, torch_device)
+
+        def note(event) -> None:
+            if on_weights_event is not None:
+                on_weights_event(event)
+            elif on_event is not None and event.kind != "progress":
+                on_event(event.message)
 
         resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
-        return cls.from_components(resolved.components, device=device, dtype=dtype, info=ModelInfo.from_spec(resolved.spec))
+        base = resolved.spec.facts if resolved.spec is not None else None
+        return cls.from_components(resolved.components, device=str(torch_device), dtype=dtype, facts=base)
 
     @classmethod
     def from_components(
@@ -86,104 +71,67 @@ class Upscaler:
         *,
         device: str = "auto",
         dtype: str = "auto",
-        info: ModelInfo | None = None,
+        facts: ModelFacts | None = None,
     ) -> "Upscaler":
-        """Load converted component files (as written by `stablesr weights convert`):
-        unet, time_encoder, vae, cfw and context_empty, each a safetensors file."""
-        from .checkpoints.assemble import build_autoencoder, build_time_encoder, build_unet
-        from .checkpoints.io import read_safetensors
-        from .pipeline.schedule import Prediction
-        from .pipeline.upscale import StableSRModels
+        """Load converted component files (as written by `stablesr weights convert`): unet,
+        time_encoder, vae, cfw and context_empty, each a safetensors file. `facts` are the manifest's
+        for a released model; what the files' metadata records applies on top."""
+        from .checkpoints.load import load_models
+        from .store import load_manifest
 
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        missing = [name for name in _NEEDED if name not in components]
-        if missing:
-            raise WeightsNotFoundError(
-                f"converted model is missing {', '.join(missing)} "
-                "(create it with `stablesr weights convert CKPT --cfw CFW_CKPT -o DIR`)"
-            )
-        loaded = {name: read_safetensors(components[name]) for name in _NEEDED}
-        unet_meta = loaded["unet"][1]
-        if info is None:  # a folder given by path: what the shapes cannot tell comes from metadata
-            info = _info_from_manifest(unet_meta.get("model"))
-        if info is None:
-            info = ModelInfo(
-                name=unet_meta.get("model") or Path(components["unet"]).parent.name,
-                prediction=unet_meta.get("prediction") or "eps",
-                native_tile=int(unet_meta.get("native_tile", 64)),
-                default_steps=int(unet_meta.get("default_steps", 200)),
-                default_w=float(unet_meta.get("default_w", 0.5)),
-            )
-        place = {"device": torch_device, "dtype": torch_dtype}
-        unet = build_unet(loaded["unet"][0], num_head_channels=int(unet_meta.get("num_head_channels", 64)), **place)
-        time_meta = loaded["time_encoder"][1]
-        time_encoder = build_time_encoder(loaded["time_encoder"][0], num_heads=int(time_meta.get("num_heads", 4)), **place)
-        sd_vae = build_autoencoder(loaded["vae"][0], "VAE", **place)
-        cfw_vae = build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
-        if _same_encoder(sd_vae, cfw_vae):
-            sd_vae = cfw_vae
-        context_sd = loaded["context_empty"][0]
-        if len(context_sd) != 1:
-            raise CheckpointError(f"{components['context_empty']}: expected one tensor, found {len(context_sd)}")
-        context = next(iter(context_sd.values())).to(torch_device)
-        models = StableSRModels(
-            unet=unet,
-            time_encoder=time_encoder,
-            sd_vae=sd_vae,
-            cfw_vae=cfw_vae,
-            context=context,
-            prediction=Prediction(info.prediction),
-            native_tile=info.native_tile,
+        if torch_device.type == "cuda":
+            # the tiles of a run share a few shapes: let cuDNN pick the fastest kernels once per shape
+            torch.backends.cudnn.benchmark = True
+        manifest_facts = {name: spec.facts for name, spec in load_manifest().models.items()}
+        models, facts = load_models(
+            components, device=torch_device, dtype=torch_dtype, base=facts, manifest_facts=manifest_facts
         )
-        return cls(models, info)
+        return cls(models, facts)
 
     def resolve_options(self, options: UpscaleOptions | None = None, **overrides) -> UpscaleOptions:
-        options = options or UpscaleOptions(w=self.spec.default_w)
-        if overrides:
-            options = dataclasses.replace(options, **overrides)
-        if options.steps is None:
-            options = dataclasses.replace(options, steps=self.spec.default_steps)
-        return options
+        """`options` with the model's defaults filled in where they are None (w, steps)."""
+        return resolve_options(options, self.facts, **overrides)
 
     def upscale_tensor(
         self, img_lq: torch.Tensor, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None
     ) -> torch.Tensor:
-        """[1, 3, H, W] in [0, 1] -> [1, 3, int(H*scale), int(W*scale)] in [0, 1] (CPU float32)."""
+        """[1, 3, H, W] in [0, 1] -> [1, 3, int(H*scale), int(W*scale)] in [0, 1] (CPU float32).
+
+        On an accelerator that runs out of memory, the image is retried with cheaper settings (see
+        `pipeline.memory.retry_settings`), each retry reported as a 'retry' progress event.
+        """
+        from .pipeline.memory import is_out_of_memory, release_cached_memory, retry_settings
         from .pipeline.noise import SeededNoise
         from .pipeline.upscale import upscale_tensor
 
         opts = self.resolve_options(options)
-        return upscale_tensor(img_lq, self.models, opts, SeededNoise(opts.seed), progress)
+        attempts = iter(retry_settings(opts, self.facts.native_size) if self.device.type != "cpu" else ())
+        while True:
+            try:
+                return upscale_tensor(img_lq, self.models, opts, SeededNoise(opts.seed), progress)
+            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(error):
+                    raise
+                retry = next(attempts, None)
+                if retry is None:
+                    raise
+            release_cached_memory(self.device)
+            opts, change = retry
+            if progress is not None:
+                progress(ProgressEvent("retry", message=f"out of memory; retrying with {change}"))
 
     def upscale(self, image, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None, **overrides):
-        """PIL image in, PIL RGB image out (8-bit, quantised by truncation as upstream)."""
-        import numpy as np
-        from PIL import Image
+        """A PIL image in, a PIL image of the same kind out: "L", "LA", "RGB", "RGBA", "I;16", "I" and "F"
+        keep their mode ("P" with transparency becomes "RGBA", other palettes "RGB"), alpha is
+        upscaled, EXIF orientation is applied, and ICC profile, EXIF and DPI are in `info`. 8-bit
+        samples are quantised by truncation, as upstream. Non-finite float pixels are replaced and
+        reported as an `ImageChangedWarning`."""
+        from .imaging.pil_images import upscale_pil_image
 
-        from .pipeline.preprocess import to_uint8
-
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        img = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        out = self.upscale_tensor(img, self.resolve_options(options, **overrides), progress)
-        return Image.fromarray(to_uint8(out[0]).permute(1, 2, 0).numpy(), "RGB")
-
-
-def _same_encoder(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Whether two autoencoders encode identically: same encoder and quant_conv tensors."""
-    sa, sb = a.state_dict(), b.state_dict()
-    keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
-    return all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
-
-
-def _info_from_manifest(name: str | None) -> ModelInfo | None:
-    """The manifest's settings for a converted folder whose metadata names an official model."""
-    if not name:
-        return None
-    from .store import load_manifest
-
-    spec = load_manifest().models.get(name)
-    return None if spec is None else ModelInfo.from_spec(spec)
+        opts = self.resolve_options(options, **overrides)
+        return upscale_pil_image(image, lambda img_lq: self.upscale_tensor(img_lq, opts, progress))
 
 
 def tqdm_progress(desc: str = "stablesr") -> ProgressCallback:

@@ -56,10 +56,11 @@ class UpscaleOptions:
 
     scale: float = 4.0
     """Output size / input size; any value > 0 (non-integer allowed)."""
-    w: float = 0.5
-    """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input."""
+    w: float | None = None
+    """CFW fidelity weight: 0 = most generative, 1 = most faithful to the input; None: the model's
+    default (0.5 for the general models, 0 for face)."""
     steps: int | None = None
-    """DDPM steps (respaced from 1000); None: the model's default from the manifest."""
+    """Sampling steps (respaced from 1000); None: the model's default."""
     seed: int = 42
     color_fix: ColorFix = ColorFix.WAVELET
     tile_size: int | None = None
@@ -67,8 +68,8 @@ class UpscaleOptions:
     tile_overlap: int | None = None
     """Overlap of latent tiles in pixels (multiple of 8); None: half a tile, upstream's default
     (32 of 64 latent for the 512 models, 48 of 96 in the 768v README)."""
-    tile_batch: int = 1
-    """Latent tiles per UNet call."""
+    tile_batch: int | None = 1
+    """Latent tiles per UNet call; None: as many as fit in the device's free memory (1 on a CPU)."""
     vae_tiling: VaeTiling = VaeTiling.UPSTREAM
     vae_tile_size: int = 1280
     """Pixel patch side for vae_tiling=upstream, tile side for lean (multiple of 32)."""
@@ -78,7 +79,7 @@ class UpscaleOptions:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise OptionError(f"--scale must be a positive number, got {self.scale}")
-        if not (0.0 <= self.w <= 1.0):
+        if self.w is not None and not (0.0 <= self.w <= 1.0):
             raise OptionError(f"--w must be between 0 and 1, got {self.w}")
         if self.steps is not None and not (1 <= self.steps <= 1000):
             raise OptionError(f"--steps must be between 1 and 1000, got {self.steps}")
@@ -90,7 +91,7 @@ class UpscaleOptions:
             raise OptionError(
                 f"--tile-overlap ({self.tile_overlap}) must be smaller than --tile-size ({self.tile_size})"
             )
-        if self.tile_batch < 1:
+        if self.tile_batch is not None and self.tile_batch < 1:
             raise OptionError(f"--tile-batch must be at least 1, got {self.tile_batch}")
         if self.vae_tile_size < 64 or self.vae_tile_size % 32:
             raise OptionError(f"--vae-tile-size must be a multiple of 32 and at least 64, got {self.vae_tile_size}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ProgressEvent:
     stage: str
-    """'encode', 'sample', 'decode' or 'colorfix'."""
+    """'encode', 'sample', 'decode', 'colorfix', or 'retry' (after running out of memory; see `message`)."""
     step: int = 0
     """Sampling steps done so far (stage 'sample')."""
     total_steps: int = 0
@@ -19,6 +19,8 @@ class ProgressEvent:
     patch: int = 0
     """Pixel patches done (vae_tiling=upstream); 0-based index of the current one."""
     total_patches: int = 1
+    message: str = ""
+    """What happened, for people (stage 'retry')."""
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

@@ -11,10 +11,12 @@ _DTYPES = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precisi
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> the first CUDA device when there is one, else the CPU; 'cpu', 'cuda', 'cuda:N'."""
+    """'auto' -> the first CUDA device, else Apple's GPU (MPS), else the CPU; 'cpu', 'cuda', 'cuda:N', 'mps'."""
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -26,20 +28,28 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise OptionError(
                 f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present (cuda:0..)"
             )
+    elif device.type == "mps":
+        if not _mps_available():
+            raise OptionError(f"--device {name}: Apple's Metal (MPS) backend is not available here; use --device cpu")
     elif device.type != "cpu":
-        raise OptionError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise OptionError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_dtype(name: str | Precision, device: torch.device) -> torch.dtype:
-    """'auto' -> float16 on CUDA (upstream's DDPM scripts run under fp16 autocast), float32 on the CPU."""
+    """'auto' -> float16 on CUDA and MPS (upstream's DDPM scripts run under fp16 autocast), float32 on the CPU."""
     try:
         precision = Precision(name)
     except ValueError:
         allowed = ", ".join(p.value for p in Precision)
         raise OptionError(f"--dtype {name!r} is not one of {allowed}") from None
     if precision is Precision.AUTO:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if precision is Precision.FP16 and device.type == "cpu":
         raise OptionError("--dtype fp16 is not supported on the CPU (too slow and inexact there); use fp32 or bf16")
     return _DTYPES[precision]

@@ -1,9 +1,7 @@
-"""Shared pieces of the CLI tests: a tiny converted model, small real images of every kind, runners.
+"""Shared pieces of the CLI tests: small real images of every kind, runners.
 
-The tiny model is made the way a user makes one: tiny official-layout checkpoints
-(tests/tiny_checkpoints.py) converted by the function behind `stablesr weights convert` into a
-folder of safetensors files, which the tests pass as `--model DIR`. It is built once per test
-session (about ten seconds) and shared by every CLI test module.
+The tiny converted model the tests pass as `--model DIR` is conftest's session fixture
+`tiny_model_dir` (built once per session, about ten seconds).
 """
 
 from __future__ import annotations
@@ -25,45 +23,9 @@ from stablesr_cli.imaging.io import read_picture, write_picture
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 
-SR_CKPT, CFW_CKPT = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
-# The tiny text tower is 16 wide to match the tiny UNet's context_dim; open_clip's heads are 64
-# wide, so its head count (4) has to be told to the converter, which `stablesr weights convert`
-# has no option for: the fixture calls the same convert function that command calls.
-TEXT_WIDTH, TEXT_HEADS = 16, 4
-TINY_UNET_HEAD_CHANNELS = "16"  # the golden tiny UNet's num_head_channels (tests/fixtures/golden/01_unet)
-
 # Keeps a tiny-model upscale near a second on CPU: 2 steps, 2x, and the smallest diffusion tile
 # (64 px, so small inputs are enlarged to 64 px at most).
 FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64", "--tile-overlap", "0"]
-
-_tiny_model: Path | None = None
-
-
-def tiny_model_folder(tmp_path_factory) -> Path:
-    """A converted tiny model folder, built on first use and reused for the rest of the session.
-
-    Made the way a user makes one, with `stablesr weights convert`. The tiny networks' attention
-    head widths are not SD 2.x's (no tensor shape reveals them), hence the expert options.
-    """
-    global _tiny_model
-    if _tiny_model is None:
-        from typer.testing import CliRunner
-
-        from stablesr_cli.cli import app
-        from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
-
-        work = tmp_path_factory.mktemp("tiny_model")
-        write_tiny_sr_ckpt(work / SR_CKPT, text_width=TEXT_WIDTH)
-        write_tiny_cfw_ckpt(work / CFW_CKPT)
-        folder = work / "converted"
-        result = CliRunner().invoke(app, [
-            "weights", "convert", str(work / SR_CKPT), "--cfw", str(work / CFW_CKPT), "-o", str(folder),
-            "--model", "turbo", "--unet-head-channels", str(TINY_UNET_HEAD_CHANNELS), "--text-heads", str(TEXT_HEADS),
-        ])
-        assert result.exit_code == 0, result.output
-        _tiny_model = folder
-    return _tiny_model
-
 
 # ----------------------------------------------------------------- images
 

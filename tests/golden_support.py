@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,16 @@ import torch
 from safetensors import safe_open
 
 WEIGHTS = "weights."
+DEFAULT_GOLDEN_DIR = Path(__file__).parent / "fixtures" / "golden"
+
+
+def golden_dir(environ: dict[str, str] | os._Environ = os.environ) -> Path:
+    """The folder of cases to run: $STABLESR_GOLDEN_DIR, or the fixtures shipped with the tests."""
+    return Path(environ.get("STABLESR_GOLDEN_DIR") or DEFAULT_GOLDEN_DIR)
+
+
+def golden_cases(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
 
 
 @dataclass
@@ -148,3 +159,15 @@ def compare(case: GoldenCase, produced: dict[str, torch.Tensor]) -> list[str]:
     if failures:
         raise AssertionError(f"{case.path.name}:\n  " + "\n  ".join(failures))
     return report
+
+
+def run_case(path: Path) -> list[str]:
+    """Load one case, run the handler its metadata names and compare; returns the per-tensor report.
+
+    A case of a kind no handler knows is an AssertionError (a failed test, never a skip).
+    """
+    case = GoldenCase.load(path)
+    handler = HANDLERS.get(case.upstream)
+    if handler is None:
+        raise AssertionError(f"{path.name}: no handler for upstream {case.upstream!r}; known: {sorted(HANDLERS)}")
+    return compare(case, handler(case))

@@ -159,6 +159,7 @@ class _FakeWorker:
 
 class _Result:
     width = height = 2
+    warnings = ()
 
 
 def _jobs(*labels: str) -> list[tuple[int, Job]]:

@@ -9,11 +9,16 @@ import torch
 
 from cli_helpers import invoke
 from hub_server import HubServer, HubState
+from store_helpers import unpublished
 from stablesr_cli import __version__
-from tiny_checkpoints import write_tiny_cfw_ckpt, write_tiny_sr_ckpt
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
 
 
 def info_json() -> dict:
@@ -39,11 +44,8 @@ def test_fresh_machine(tmp_path):
     assert torch.__version__ in text and "turbo" in text and "stablesr weights download turbo" in text
 
 
-def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch):
-    official = tmp_path / "official"
-    official.mkdir()
-    write_tiny_sr_ckpt(official / SR, text_width=64)  # 64 wide: open_clip heads, no head count needed
-    write_tiny_cfw_ckpt(official / CFW)
+def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch, official_tiny_wide):
+    official = official_tiny_wide  # 64-wide text tower: open_clip heads, no head count needed
     state = HubState(files={(REPO, name): (official / name).read_bytes() for name in (SR, CFW)})
     with HubServer(state, max_lifetime_s=120) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
@@ -59,3 +61,10 @@ def test_downloaded_weights_show_as_ready_and_verified(tmp_path, monkeypatch):
     text = " ".join(human.stdout.split())
     assert "ready" in text and "SHA-256 matches the Hub's published hash" in text
     assert "No model is ready yet" not in text
+
+    vae = tmp_path / "stablesr" / "converted" / "stablesr_turbo" / "vae.safetensors"
+    vae.write_bytes(vae.read_bytes()[:-1])  # truncated: no longer ready, and said so
+    turbo = {m["name"]: m for m in info_json()["models"]}["turbo"]
+    assert not turbo["ready"] and "vae.safetensors" in turbo["files"][0]["damaged"]
+    text = " ".join(invoke(["info"]).stdout.split())
+    assert "damaged" in text and "stablesr weights download" in text

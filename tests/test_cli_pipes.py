@@ -28,15 +28,14 @@ from cli_helpers import (
     png_bytes,
     run_stablesr,
     subprocess_env,
-    tiny_model_folder,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> list[str]:
-    return ["--model", str(tiny_model_folder(tmp_path_factory)), *FAST]
+def model(tiny_model_dir) -> list[str]:
+    return ["--model", str(tiny_model_dir), *FAST]
 
 
 def png_length(data: bytes) -> int:

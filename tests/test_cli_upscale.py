@@ -18,7 +18,6 @@ from cli_helpers import (
     gradient,
     invoke,
     leftovers,
-    tiny_model_folder,
     write_broken_files,
     write_every_kind,
 )
@@ -41,8 +40,8 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> list[str]:
-    return ["--model", str(tiny_model_folder(tmp_path_factory)), *FAST]
+def model(tiny_model_dir) -> list[str]:
+    return ["--model", str(tiny_model_dir), *FAST]
 
 
 @pytest.fixture

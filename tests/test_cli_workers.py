@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli_helpers import FAST, error_lines, gradient, invoke, leftovers, run_stablesr, subprocess_env, tiny_model_folder
+from cli_helpers import FAST, error_lines, gradient, invoke, leftovers, run_stablesr, subprocess_env
 from stablesr_cli.batch.work import CRASH_HOOK
 
 IMAGES = 6
@@ -25,8 +25,8 @@ def offline(isolated, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> list[str]:
-    return ["--model", str(tiny_model_folder(tmp_path_factory)), *FAST]
+def model(tiny_model_dir) -> list[str]:
+    return ["--model", str(tiny_model_dir), *FAST]
 
 
 def _folder(root: Path, *, broken: bool = False) -> Path:

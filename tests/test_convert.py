@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import stat
 from pathlib import Path
 
@@ -14,22 +16,19 @@ from stablesr_cli.checkpoints.convert import (
     CONTEXT_TENSOR,
     FORMAT,
     convert_cfw_checkpoint,
-    convert_checkpoint,
     convert_sr_checkpoint,
     find_converted,
 )
 from stablesr_cli.checkpoints.io import read_safetensors, read_state_dict
 from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
 from stablesr_cli.errors import CheckpointError
-from tiny_checkpoints import tiny_cfw_state_dict, tiny_sr_state_dict, write_tiny_cfw_ckpt, write_tiny_sr_ckpt
-
-TEXT_HEADS = 4  # the tiny text tower is 16 wide, not a multiple of open_clip's 64-wide heads
+from stablesr_cli.store import convert_checkpoint
+from tiny_checkpoints import CFW_CKPT, SR_CKPT, TEXT_HEADS, tiny_cfw_state_dict, tiny_sr_state_dict
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("official")
-    return write_tiny_sr_ckpt(folder / "stablesr_000117.ckpt"), write_tiny_cfw_ckpt(folder / "vqgan_cfw_00011.ckpt")
+def ckpts(official_tiny) -> tuple[Path, Path]:
+    return official_tiny / SR_CKPT, official_tiny / CFW_CKPT
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +145,26 @@ def test_no_temporary_files_are_left_and_modes_follow_the_umask(converted, tmp_p
     plain.write_bytes(b"")  # what any other program would create here
     for path in converted.values():
         assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode), path
+
+
+def test_the_folder_records_each_files_size_and_sha256(ckpts, converted):
+    sr, cfw = ckpts
+    folder = converted["unet"].parent
+    stamp = json.loads((folder / "stamp.json").read_text())
+    assert stamp["source"] == sr.name and stamp["source_sha256"] == _sha(sr)
+    assert set(stamp["files"]) == {p.name for p in converted.values()}
+    for component, path in converted.items():
+        entry = stamp["files"][path.name]
+        assert entry == {"size": path.stat().st_size, "sha256": _sha(path), "source": (cfw if component == "cfw" else sr).name}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)
+    # with the hash given, nothing hashes the file first: the converter itself must refuse it
+    with pytest.raises(CheckpointError, match="named pipe"):
+        convert_sr_checkpoint(fifo, tmp_path / "a", source_sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="named pipe"):
+        convert_cfw_checkpoint(fifo, tmp_path / "b", source_sha256="0" * 64)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

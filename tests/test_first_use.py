@@ -4,25 +4,30 @@ what it fetches, how big, and where it goes; later runs work offline."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from PIL import Image
 
-from cli_helpers import invoke
+from cli_helpers import error_lines, invoke
 from hub_server import HubServer, HubState
-from sd_shaped import write_sd_shaped_sr_ckpt
-from tiny_checkpoints import write_tiny_cfw_ckpt
+from store_helpers import patch_manifest, unpublished
+
 
 REPO = "Iceclear/StableSR"
 SR, CFW = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
 FAST = ["--steps", "2", "--scale", "2", "--tile-size", "64"]
 
 
+@pytest.fixture(autouse=True)
+def _tiny_files_have_no_published_hash(monkeypatch):
+    unpublished(monkeypatch)
+
+
 @pytest.fixture
-def hub_files(tmp_path):
-    official = tmp_path / "official"
-    official.mkdir()
-    write_sd_shaped_sr_ckpt(official / SR)
-    write_tiny_cfw_ckpt(official / CFW)
+def hub_files(official_sd_shaped):
+    official = official_sd_shaped
     return {(REPO, name): (official / name).read_bytes() for name in (SR, CFW)}
 
 
@@ -55,3 +60,50 @@ def test_offline_and_missing_is_one_line_naming_the_fetch_command(tmp_path, monk
     assert len(lines) == 1 and "stablesr weights download turbo" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "photo_x2.png").exists()
+
+
+def test_first_upscale_shows_byte_progress(tmp_path, monkeypatch, hub_files):
+    """Not a terminal here (CliRunner): the download progress is a line at each tenth of the file."""
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 20)).save(photo)
+    with HubServer(HubState(files=hub_files), max_lifetime_s=240) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        result = invoke(["upscale", str(photo), *FAST])
+    assert result.exit_code == 0, result.stderr
+    size = len(hub_files[(REPO, SR)])
+    progress = [line for line in result.stderr.splitlines() if line.startswith(f"{SR}: ") and "%)" in line]
+    assert progress and progress[-1].endswith("(100%)") and 3 <= len(progress) <= 10, result.stderr
+    assert f"of {size / 1e6:.1f} MB" in progress[-1]
+
+
+def test_no_network_fails_at_once_with_the_command_that_works(tmp_path, monkeypatch):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 20)).save(photo)
+    with socket.socket() as s:  # a port nobody listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    patch_manifest(monkeypatch)  # the real file sizes
+    started = time.monotonic()
+    result = invoke(["upscale", str(photo), *FAST])
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert "`stablesr weights download turbo --from-dir DIR`" in line and "7.4 GB" in line
+    assert "Retrying" not in result.stderr and "Traceback" not in result.stderr
+    assert "pass --from-dir" not in result.stderr  # upscale has no such option
+    assert not (tmp_path / "photo_x2.png").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "/dev/null"])
+def test_an_unusable_cache_folder_is_one_line_naming_the_variable(tmp_path, monkeypatch, where):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (24, 20)).save(photo)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    value = {"a file": str(blocker), "under a file": str(blocker / "cache"), "/dev/null": "/dev/null"}[where]
+    monkeypatch.setenv("STABLESR_CACHE_DIR", value)
+    result = invoke(["upscale", str(photo), *FAST])
+    assert result.exit_code == 1
+    (line,) = error_lines(result.stderr)
+    assert f"STABLESR_CACHE_DIR={value}" in line and "Traceback" not in result.stderr

@@ -6,16 +6,15 @@ the module is built from the file alone. A case of a kind no handler knows FAILS
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 import golden_handlers  # noqa: F401  (registers the handlers)
-from golden_support import HANDLERS, GoldenCase, compare
+from golden_support import golden_cases, golden_dir, run_case
 
-GOLDEN_DIR = Path(os.environ.get("STABLESR_GOLDEN_DIR") or Path(__file__).parent / "fixtures" / "golden")
-CASES = sorted(GOLDEN_DIR.glob("*.safetensors"))
+GOLDEN_DIR = golden_dir()
+CASES = golden_cases(GOLDEN_DIR)
 
 
 def test_golden_folder_has_cases():
@@ -24,11 +23,7 @@ def test_golden_folder_has_cases():
 
 @pytest.mark.parametrize("path", CASES, ids=[p.name for p in CASES])
 def test_golden_case(path: Path, record_property):
-    case = GoldenCase.load(path)
-    handler = HANDLERS.get(case.upstream)
-    if handler is None:
-        pytest.fail(f"{path.name}: no handler for upstream {case.upstream!r}; known: {sorted(HANDLERS)}")
-    report = compare(case, handler(case))
+    report = run_case(path)
     for line in report:
         print(line)
     record_property("max_errors", "; ".join(report))

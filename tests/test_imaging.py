@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 import zlib
 from dataclasses import replace
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,6 +21,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from stablesr_cli.errors import InputImageError, OptionError, OutputPathError
 from stablesr_cli.imaging import io as imaging_io
+from stablesr_cli.imaging import write as imaging_write
 from stablesr_cli.imaging.io import (
     Picture,
     encode_picture,
@@ -28,7 +29,7 @@ from stablesr_cli.imaging.io import (
     read_picture,
     write_picture,
 )
-from stablesr_cli.imaging.picture import from_model_output, to_model_input
+from stablesr_cli.imaging.tensor_bridge import from_model_output, to_model_input
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 ORIENTATION = 0x0112
@@ -289,6 +290,68 @@ def test_grey_modes(tmp_path, image, bit_depth, grey_value):
     pic = read_picture(save(image, tmp_path / "grey.tif"))
     assert pic.is_grey and pic.bit_depth == bit_depth and pic.alpha is None
     assert pic.rgb[0, 0].tolist() == pytest.approx([grey_value] * 3, abs=1e-6)
+
+
+def float_grey_tiff(folder: Path, samples: np.ndarray, name: str = "float.tif") -> Path:
+    return save(Image.fromarray(samples.astype(np.float32), "F"), folder / name)
+
+
+def float_rgb_tiff(samples: np.ndarray) -> bytes:
+    """An uncompressed little-endian TIFF of float32 samples [H, W, C] (SampleFormat 3: IEEE float),
+    a layout HDR and scientific tools write and Pillow cannot decode."""
+    height, width, channels = samples.shape
+    pixels = samples.astype("<f4").tobytes()
+    entries, directory_at = 10, 8
+    extra_at = directory_at + 2 + entries * 12 + 4  # per-channel BitsPerSample and SampleFormat follow the IFD
+    per_channel = struct.pack(f"<{channels}H", *[32] * channels) + struct.pack(f"<{channels}H", *[3] * channels)
+    pixels_at = extra_at + len(per_channel)
+    tags = [  # (tag, type: 3 short / 4 long, count, value or offset)
+        (256, 4, 1, width), (257, 4, 1, height), (258, 3, channels, extra_at), (259, 3, 1, 1), (262, 3, 1, 2),
+        (273, 4, 1, pixels_at), (277, 3, 1, channels), (278, 4, 1, height), (279, 4, 1, len(pixels)),
+        (339, 3, channels, extra_at + 2 * channels),
+    ]  # fmt: skip
+    out = b"II*\x00" + struct.pack("<IH", directory_at, entries)
+    for tag, kind, count, value in tags:
+        inline = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, count) + inline
+    return out + struct.pack("<I", 0) + per_channel + pixels
+
+
+def test_float_grey_nan_and_infinity_are_replaced_and_reported(tmp_path):
+    samples = np.full((4, 6), 0.5, dtype=np.float32)
+    samples[0, :3] = np.nan
+    samples[1, 0] = np.inf
+    samples[2, 0] = -np.inf
+    path = float_grey_tiff(tmp_path, samples)
+    pic = read_picture(path)
+    assert pic.warnings == (
+        f"{path}: 5 of 24 pixels were not finite (3 NaN, 1 +inf, 1 -inf); "
+        "NaN and -inf were replaced by 0 (black), +inf by 1 (white)",
+    )
+    grey = pic.rgb[..., 0]
+    assert np.isfinite(pic.rgb).all()
+    assert grey[0, :3].tolist() == [0, 0, 0] and grey[1, 0] == 1 and grey[2, 0] == 0 and grey[3, 5] == 0.5
+
+
+def test_finite_images_carry_no_warnings(tmp_path):
+    assert read_picture(float_grey_tiff(tmp_path, np.full((2, 2), 2.0))).warnings == ()  # out of range: clipped
+    assert read_picture(IMAGES / "00003.png").warnings == ()
+
+
+def test_float_grey_without_a_single_finite_pixel_is_refused(tmp_path):
+    path = float_grey_tiff(tmp_path, np.full((3, 3), np.nan))
+    with pytest.raises(InputImageError, match=rf"^{re.escape(str(path))}: every pixel is NaN or infinite"):
+        read_picture(path)
+
+
+def test_float_colour_tiff_is_named_not_called_corrupt(tmp_path):
+    path = write_file(tmp_path, "hdr.tif", float_rgb_tiff(np.random.default_rng(0).random((4, 5, 3))))
+    with pytest.raises(InputImageError) as caught:
+        read_picture(path)
+    assert str(caught.value) == (
+        f"{path}: a 32-bit floating-point TIFF with 3 samples per pixel, which Pillow cannot decode; "
+        "save it as a 16-bit TIFF or PNG (one-channel floating-point TIFFs are read)"
+    )
 
 
 def test_grey_with_alpha_and_rgb_with_transparent_colour(tmp_path):
@@ -585,7 +648,7 @@ def test_failed_write_leaves_no_temporary_and_no_partial_file(tmp_path, monkeypa
         seen_temporaries.extend(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
         raise RuntimeError("encoder failed midway")
 
-    monkeypatch.setattr(imaging_io, "_encode_into", exploding_encoder)
+    monkeypatch.setattr(imaging_write, "_encode_into", exploding_encoder)
     with pytest.raises(RuntimeError, match="midway"):
         write_picture(read_picture(IMAGES / "0014.jpg"), out)
     assert len(seen_temporaries) == 1 and seen_temporaries[0].startswith(".out.png.")  # hidden, beside the target
@@ -607,71 +670,6 @@ def test_unwritable_destinations_raise_output_path_error(tmp_path):
     with pytest.raises(OutputPathError, match=r"folder\.png: is a folder"):
         write_picture(pic, tmp_path / "folder.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file.txt", "folder.png"]
-
-
-# --- bridging to the model --------------------------------------------------------------------------
-
-
-def test_to_model_input():
-    pic = read_picture(IMAGES / "00003.png")
-    img = to_model_input(pic)
-    assert img.shape == (1, 3, 256, 512) and img.dtype == torch.float32 and img.is_contiguous()
-    np.testing.assert_array_equal(img[0].permute(1, 2, 0).numpy(), pic.rgb)
-    img.zero_()
-    assert pic.rgb.max() > 0  # the tensor is a copy
-
-
-def test_from_model_output_size_metadata_and_dpi():
-    exif = b"Exif\x00\x00II*\x00"
-    pic = picture(np.full((8, 10, 3), 0.5), icc_profile=b"icc", exif=exif, dpi=(72.0, 72.0), bit_depth=16)
-    rgb_sr = torch.rand(1, 3, 20, 25) * 1.4 - 0.2  # a model may overshoot a little
-    out = from_model_output(pic, rgb_sr)
-    assert (out.width, out.height) == (25, 20)
-    assert out.dpi == pytest.approx((72 * 25 / 10, 72 * 20 / 8))
-    assert (out.icc_profile, out.exif, out.bit_depth, out.format, out.source, out.is_grey) == (
-        b"icc",
-        exif,
-        16,
-        "PNG",
-        "made-by-test",
-        False,
-    )
-    np.testing.assert_allclose(out.rgb, rgb_sr[0].clamp(0, 1).permute(1, 2, 0).numpy())
-    with pytest.raises(ValueError, match=r"\[1, 3, H, W\]"):
-        from_model_output(pic, torch.rand(3, 20, 25))
-
-
-def test_from_model_output_grey_becomes_luma_in_all_channels():
-    pic = picture(np.full((4, 4, 3), 0.5), is_grey=True)
-    rgb_sr = torch.rand(1, 3, 8, 8)
-    out = from_model_output(pic, rgb_sr)
-    luma = (0.299 * rgb_sr[0, 0] + 0.587 * rgb_sr[0, 1] + 0.114 * rgb_sr[0, 2]).numpy()
-    assert out.is_grey
-    for channel in range(3):
-        np.testing.assert_allclose(out.rgb[..., channel], luma, rtol=1e-6)
-    assert Image.open(io.BytesIO(encode_picture(out, "PNG"))).mode == "L"
-
-
-def test_from_model_output_upscales_alpha_bicubic_and_clamps():
-    alpha = np.zeros((6, 6), dtype=np.float32)
-    alpha[:, 3:] = 1.0  # a hard edge makes bicubic overshoot
-    pic = picture(np.zeros((6, 6, 3)), alpha)
-    out = from_model_output(pic, torch.zeros(1, 3, 24, 24))
-    plane = torch.from_numpy(alpha)[None, None]  # [1, 1, 6, 6]
-    reference = F.interpolate(plane, size=(24, 24), mode="bicubic", align_corners=False)[0, 0]
-    assert reference.max() > 1.0 and reference.min() < 0.0
-    assert out.alpha.shape == (24, 24) and out.alpha.dtype == np.float32
-    np.testing.assert_allclose(out.alpha, reference.clamp(0, 1).numpy(), atol=1e-6)
-
-
-def test_from_model_output_shrinking_alpha_is_antialiased():
-    alpha = np.random.default_rng(0).random((32, 32), dtype=np.float32)
-    out = from_model_output(picture(np.zeros((32, 32, 3)), alpha), torch.zeros(1, 3, 8, 8))
-    plane = torch.from_numpy(alpha)[None, None]
-    smooth = F.interpolate(plane, size=(8, 8), mode="bicubic", align_corners=False, antialias=True)[0, 0].clamp(0, 1)
-    aliased = F.interpolate(plane, size=(8, 8), mode="bicubic", align_corners=False)[0, 0].clamp(0, 1)
-    np.testing.assert_allclose(out.alpha, smooth.numpy(), atol=1e-6)
-    assert not np.allclose(out.alpha, aliased.numpy(), atol=1e-3)
 
 
 # --- property: 8-bit PNG read -> write -> read is lossless ----------------------------------------

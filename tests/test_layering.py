@@ -71,9 +71,46 @@ def test_pipeline_reads_no_files_and_draws_no_ui(path):
     assert not _hits(all_imports(path), forbidden)
 
 
-@pytest.mark.parametrize("name", ["options.py", "errors.py", "progress.py", "store.py"])
+IMAGING_WITH_TORCH = ("tensor_bridge.py", "pil_images.py")
+"""The two imaging modules that hand pixels to the model; the file readers and writers stay torch-free."""
+
+
+@pytest.mark.parametrize("path", files("imaging"), ids=lambda p: p.name)
+def test_imaging_draws_no_ui_and_knows_no_model(path):
+    forbidden = (
+        "typer", "rich", "stablesr_cli.cli", "stablesr_cli.api", "stablesr_cli.pipeline",
+        "stablesr_cli.models", "stablesr_cli.checkpoints", "stablesr_cli.store",
+    )  # fmt: skip
+    assert not _hits(all_imports(path), forbidden)
+
+
+@pytest.mark.parametrize("path", [p for p in files("imaging") if p.name not in IMAGING_WITH_TORCH], ids=lambda p: p.name)
+def test_image_files_are_read_and_written_without_torch(path):
+    assert not _hits(all_imports(path), ("torch",))
+
+
+LIGHT_MODULES = ["options.py", "errors.py", "progress.py", "atomic.py", "hashing.py", "model_facts.py", "checkpoints/layout.py"]
+
+
+@pytest.mark.parametrize("name", LIGHT_MODULES + [f"store/{p.name}" for p in files("store")])
 def test_light_modules_import_no_torch_at_module_level(name):
     assert not _hits(module_level_imports(PACKAGE / name), ("torch", "numpy", "huggingface_hub"))
+
+
+@pytest.mark.parametrize("path", files("store"), ids=lambda p: p.name)
+def test_store_reaches_torch_code_only_lazily(path):
+    """The store runs for `weights list`, `info` and --help: at import it may use the torch-free
+    layout of converted folders, never the converter or the loaders."""
+    checkpoints = {i for i in module_level_imports(path) if i.startswith("stablesr_cli.checkpoints")}
+    assert checkpoints <= {"stablesr_cli.checkpoints.layout"}
+    assert not _hits(module_level_imports(path), ("PIL", "typer", "rich", "stablesr_cli.cli", "stablesr_cli.api"))
+
+
+@pytest.mark.parametrize("name", ["hashing.py", "store/fetch.py", "store/verify.py", "store/integrity.py", "store/record.py"])
+def test_verification_never_imports_torch(name):
+    """Checking a download or a converted folder reads bytes and JSON only, not even lazily torch."""
+    imports = all_imports(PACKAGE / name)
+    assert not _hits(imports, ("torch", "numpy", "safetensors", "stablesr_cli.checkpoints.convert", "stablesr_cli.checkpoints.io"))
 
 
 @pytest.mark.parametrize("path", files("cli"), ids=lambda p: p.name)

@@ -141,12 +141,13 @@ def test_progress_reports_every_step_and_tile(capsys):
 def test_one_encoder_pass_when_both_autoencoders_encode_alike():
     """Upstream encodes the LR image twice (SD VAE for the latent, CFW for its features); with
     identical encoder weights one pass gives exactly the same image."""
-    from stablesr_cli.api import Upscaler, _same_encoder
+    from stablesr_cli.api import Upscaler
+    from stablesr_cli.checkpoints.load import _same_encoder
     from tiny_models import tiny_models
 
     models = tiny_models()
     assert models.sd_vae is not models.cfw_vae and _same_encoder(models.sd_vae, models.cfw_vae)
-    shared = Upscaler(dataclasses.replace(models, sd_vae=models.cfw_vae), tiny_upscaler().spec)
+    shared = Upscaler(dataclasses.replace(models, sd_vae=models.cfw_vae), tiny_upscaler().facts)
     x = image(30, 40)
     assert torch.equal(tiny_upscaler().upscale_tensor(x, BASE), shared.upscale_tensor(x, BASE))
 
@@ -168,7 +169,7 @@ def test_bfloat16_pipeline_runs_and_follows_float32():
     half = dataclasses.replace(half, cfw_vae=half.sd_vae)
     x = image(24, 32)
     ref = tiny_upscaler().upscale_tensor(x, BASE)
-    out = Upscaler(half, tiny_upscaler().spec).upscale_tensor(x, BASE)
+    out = Upscaler(half, tiny_upscaler().facts).upscale_tensor(x, BASE)
     assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
     assert (out - ref).abs().mean() < 0.05
 

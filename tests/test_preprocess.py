@@ -123,4 +123,4 @@ def test_pure_math_modules_import_no_io_or_ui_library(module):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "dataclasses", "enum", "math", "numpy", "torch"}
+    assert imported <= {"__future__", "dataclasses", "enum", "functools", "math", "numpy", "torch"}

@@ -20,23 +20,23 @@ from stablesr_cli.checkpoints.io import CheckpointFormat, read_checkpoint, read_
 from stablesr_cli.checkpoints.safe_pickle import InertClass, load_zip_checkpoint
 from stablesr_cli.errors import CheckpointError, UnsafeCheckpointError
 from tiny_checkpoints import (
+    CFW_CKPT,
     LIGHTNING_CALLBACK,
+    SR_CKPT,
     lightning_callback_class,
     tiny_cfw_state_dict,
     tiny_sr_state_dict,
-    write_tiny_cfw_ckpt,
-    write_tiny_sr_ckpt,
 )
 
 
 @pytest.fixture(scope="module")
-def sr_ckpt(tmp_path_factory) -> Path:
-    return write_tiny_sr_ckpt(tmp_path_factory.mktemp("ckpt") / "stablesr_turbo.ckpt")
+def sr_ckpt(official_tiny) -> Path:
+    return official_tiny / SR_CKPT
 
 
 @pytest.fixture(scope="module")
-def cfw_ckpt(tmp_path_factory) -> Path:
-    return write_tiny_cfw_ckpt(tmp_path_factory.mktemp("ckpt") / "vqgan_cfw_00011.ckpt")
+def cfw_ckpt(official_tiny) -> Path:
+    return official_tiny / CFW_CKPT
 
 
 def _assert_same(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:

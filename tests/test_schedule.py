@@ -133,7 +133,7 @@ def test_predict_z0_inverts_the_forward_process(prediction):
 
 
 def _reference_step(out, z_t, i, schedule, prediction, noise):
-    """The spec 3.3 formulas evaluated in float64 from the float32 tables."""
+    """Upstream's x0, posterior-mean and ancestral-step formulas (`p_sample`) in float64 from the float32 tables."""
     table = {name: getattr(schedule, name)[i].double() for name in schedule.__dataclass_fields__}
     z_t, out = z_t.double(), out.double()
     if prediction == "eps":

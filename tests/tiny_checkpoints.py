@@ -1,9 +1,12 @@
-"""Tiny checkpoints in the official StableSR layout, written by the tests themselves (no downloads).
+"""The one factory of tiny checkpoints in the official StableSR layout (no downloads).
 
 The weights are the golden fixtures' (real upstream key names at tiny size, float8 -> float32), put
 in the Lightning container the released `.ckpt` files use: a top-level `state_dict`, `callbacks`
 keyed by the class `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`,
 `optimizer_states`, `epoch`, `global_step`, `pytorch-lightning_version`.
+
+Tests use them through the session fixtures in conftest.py (`official_tiny`, `official_tiny_wide`,
+`official_sd_shaped`, `tiny_model_dir`), each written once per test session.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ from safetensors import safe_open
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint"
+
+# The 'turbo' model's two files, under their official names.
+SR_CKPT, CFW_CKPT = "stablesr_turbo.ckpt", "vqgan_cfw_00011.ckpt"
+# The tiny text tower is 16 wide to match the golden tiny UNet's context_dim. open_clip's heads are
+# 64 wide, so its head count (4) cannot be derived and has to be told to the converter.
+TEXT_WIDTH, TEXT_HEADS = 16, 4
+# 64 wide: exactly one open_clip head, so no head count is needed (for tests that cannot pass one).
+WIDE_TEXT_WIDTH = 64
+UNET_HEAD_CHANNELS = 16  # the golden tiny UNet's num_head_channels (tests/fixtures/golden/01_unet)
 
 # Which golden text-tower dims scale with the width (20 -> w, 60 -> 3w, 80 -> 4w); vocab and
 # positions keep their real sizes.
@@ -136,7 +148,7 @@ def _lightning_container(state_dict: dict[str, torch.Tensor], callback_cls: type
     }
 
 
-def tiny_sr_state_dict(*, text_width: int = 16) -> dict[str, torch.Tensor]:
+def tiny_sr_state_dict(*, text_width: int = TEXT_WIDTH) -> dict[str, torch.Tensor]:
     """The tiny diffusion checkpoint's state dict, upstream key names (a fresh dict; tensors are
     shared between calls, so do not modify them in place)."""
     return dict(_tiny_sr_state_dict(text_width))
@@ -178,7 +190,7 @@ def write_lightning_ckpt(path: str | Path, state_dict: dict[str, torch.Tensor], 
     return path
 
 
-def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
+def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = TEXT_WIDTH) -> Path:
     """A tiny StableSR diffusion `.ckpt` in the official Lightning layout."""
     return write_lightning_ckpt(path, tiny_sr_state_dict(text_width=text_width), epoch=117)
 
@@ -186,3 +198,71 @@ def write_tiny_sr_ckpt(path: str | Path, *, text_width: int = 16) -> Path:
 def write_tiny_cfw_ckpt(path: str | Path) -> Path:
     """A tiny CFW autoencoder `.ckpt` in the official Lightning layout (keys without prefix, plus `loss.*`)."""
     return write_lightning_ckpt(path, tiny_cfw_state_dict(), epoch=11)
+
+
+# ----------------------------------------------------------------- SD-shaped
+
+# UNet model channels, context width and text width of the SD-shaped checkpoint: one 64-wide head.
+SD_SHAPED_WIDTH = 64
+
+
+def _random_state(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in module.state_dict().items():
+        if p.ndim >= 2:
+            out[name] = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
+        else:
+            out[name] = (1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn(p.shape, generator=g)
+    return out
+
+
+def sd_shaped_sr_state_dict() -> dict[str, torch.Tensor]:
+    """A tiny diffusion state dict whose hidden hyperparameters are SD 2.x's own.
+
+    Two numbers cannot be read from any tensor shape: the UNet's attention head width (64 in SD 2.x)
+    and the text tower's head count (width // 64). The golden-weight tiny checkpoint uses other
+    values, so it needs them recorded at conversion; this one does not, so it goes through the whole
+    first-use path (download, convert, upscale) exactly as an official file does.
+    """
+    from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, resblocks_to_upstream
+    from stablesr_cli.models.text_encoder import TextEncoder, TextEncoderConfig
+    from stablesr_cli.models.unet import UNet, UNetConfig
+
+    width = SD_SHAPED_WIDTH
+    unet_cfg = UNetConfig(model_channels=width, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1,),
+                          context_dim=width, sft_in_channels=32)
+    text_cfg = TextEncoderConfig(width=width, layers=2, heads=width // 64, embed_dim=width)
+    unet = resblocks_to_upstream(_random_state(UNet(unet_cfg), 1))
+    sd = {COMPONENT_PREFIXES["unet"] + k: v for k, v in unet.items()}
+    sd.update({COMPONENT_PREFIXES["text_encoder"] + k: v for k, v in _random_state(TextEncoder(text_cfg), 2).items()})
+    sd.update(golden_weights("02_structcond.safetensors"))  # time-aware encoder: 32-wide features, 4 heads
+    vae = golden_weights("04_cfw.safetensors")
+    sd.update({f"first_stage_model.{k}": v for k, v in vae.items() if not k.startswith("decoder.fusion_layer_")})
+    sd.update(schedule_buffers())
+    return sd
+
+
+def write_sd_shaped_sr_ckpt(path: str | Path) -> Path:
+    return write_lightning_ckpt(path, sd_shaped_sr_state_dict(), epoch=117)
+
+
+# ----------------------------------------------------------------- folders
+
+
+def write_official_folder(folder: str | Path, sr: str = "tiny", *, text_width: int = TEXT_WIDTH) -> Path:
+    """`folder` holding the 'turbo' model's two files under their official names.
+
+    `sr` picks the diffusion checkpoint: "tiny" (golden weights, text tower `text_width` wide) or
+    "sd_shaped" (SD 2.x head widths). The CFW checkpoint is always the tiny one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if sr == "tiny":
+        write_tiny_sr_ckpt(folder / SR_CKPT, text_width=text_width)
+    elif sr == "sd_shaped":
+        write_sd_shaped_sr_ckpt(folder / SR_CKPT)
+    else:
+        raise ValueError(f"unknown tiny diffusion checkpoint {sr!r}")
+    write_tiny_cfw_ckpt(folder / CFW_CKPT)
+    return folder

@@ -11,7 +11,8 @@ from functools import lru_cache
 
 import torch
 
-from stablesr_cli.api import ModelInfo, Upscaler
+from stablesr_cli.api import Upscaler
+from stablesr_cli.model_facts import ModelFacts
 from stablesr_cli.checkpoints.assemble import build_autoencoder, build_time_encoder, build_unet
 from stablesr_cli.pipeline.schedule import Prediction
 from stablesr_cli.pipeline.upscale import StableSRModels
@@ -38,4 +39,4 @@ def tiny_models(prediction: str = "eps") -> StableSRModels:
 
 
 def tiny_upscaler(prediction: str = "eps") -> Upscaler:
-    return Upscaler(tiny_models(prediction), ModelInfo(name="tiny", prediction=prediction, default_steps=2))
+    return Upscaler(tiny_models(prediction), ModelFacts(name="tiny", prediction=prediction, default_steps=2))

@@ -45,7 +45,8 @@ class ListFeed:
 
 @dataclass
 class _Written:
-    """An image being written: its outcome is known once the write is done."""
+    """An image on its way out: its outcome is known once the write is done. Images that failed
+    earlier wait in the same queue (already resolved), so outcomes keep the order of the jobs."""
 
     index: int
     job: Job
@@ -80,13 +81,15 @@ def run_pipelined(feed: JobFeed, worker: ImageWorker, emit: Callable[[Event], No
                 read = reading.result()  # type: ignore[union-attr]
                 report_writes(wait=False)
                 if read.error is not None:
-                    emit(Finished(index, outcome_of(job, [read])))
+                    writes.append(_Written(index, job, [], _resolved(read)))  # reported in its turn
+                    report_writes(wait=False)
                 else:
                     emit(Started(index, job.label))
                     progress = _stepper(index, emit) if worker.settings.progress else None
                     computed = worker.compute(job, read.value, progress)  # type: ignore[arg-type]
                     if computed.error is not None:
-                        emit(Finished(index, outcome_of(job, [read, computed])))
+                        writes.append(_Written(index, job, [read], _resolved(computed)))
+                        report_writes(wait=False)
                     else:
                         emit(Computed(index))
                         future = writer.submit(worker.write, job, computed.value)  # type: ignore[arg-type]
@@ -114,6 +117,12 @@ def _finish_writes(writes: deque[_Written], emit: Callable[[Event], None]) -> No
             emit(written.outcome())
         except Exception:  # already failing; the first error is the one to show
             pass
+
+
+def _resolved(stage: Stage) -> Future[Stage]:
+    future: Future[Stage] = Future()
+    future.set_result(stage)
+    return future
 
 
 def _stepper(index: int, emit: Callable[[Event], None]) -> Callable:

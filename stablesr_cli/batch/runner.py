@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
+from typing import ContextManager, Protocol
 
 from ..atomic import remove_stale_temporaries
 from ..cli.console import Outcome
@@ -38,6 +39,9 @@ class BatchSink(Protocol):
     def on_event(self, event: ProgressEvent) -> None: ...
 
     def finish_image(self) -> None: ...
+
+    def weights_view(self) -> ContextManager[Callable[[object], None] | None]:
+        """Shows downloads while the model loads in this process (first use)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class BatchRunner:
         # One image for several workers runs here too, with every core.
         plan = self.backend.workers
         settings = dataclasses.replace(self.settings, device=plan.devices[0], threads=plan.threads[0] if plan.count == 1 else None)
-        worker = ImageWorker(settings, note=self.sink.note, streams=self.streams)
+        worker = ImageWorker(settings, note=self.sink.note, streams=self.streams, weights_view=self.sink.weights_view)
         run_pipelined(ListFeed(work), worker, self.handle)
 
     def _report_plan_until(self, end: int) -> None:

@@ -7,12 +7,13 @@ in `WorkerSettings`, a small picklable dataclass. torch is imported only when th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ContextManager, Optional, Protocol
 
 from ..errors import OptionError, OutputPathError, StableSRError
 from ..options import UpscaleOptions
@@ -43,8 +44,7 @@ class WorkerSettings:
     dtype: str = "auto"
     offline: bool = False
     options: UpscaleOptions = UpscaleOptions()
-    explicit_w: bool = False
-    """False: the model's own default w replaces options.w once the model is known."""
+    """As the user gave them; what is None (w, steps) is filled from the model's facts once loaded."""
     quality: int | None = None
     max_pixels: int | None = None
     skip_existing: bool = False
@@ -70,6 +70,10 @@ class RunAborted(Exception):
         self.subject = subject
         self.problem = problem
         self.exit_code = exit_code
+
+
+WeightsView = Callable[[], ContextManager[Optional[Callable[[object], None]]]]
+"""Makes the callback that shows the weights store at work while a model loads (downloads)."""
 
 
 class StandardStreams(Protocol):
@@ -100,11 +104,13 @@ class ImageWorker:
         *,
         note: Callable[[str], None] | None = None,
         streams: StandardStreams | None = None,
+        weights_view: WeightsView | None = None,
     ) -> None:
         self.settings = settings
         self.options = settings.options
         self.note = note or (lambda message: None)
         self.streams = streams
+        self.weights_view = weights_view or self._weights_as_notes
         self.upscaler: Upscaler | None = None
 
     # ------------------------------------------------------------ model
@@ -120,21 +126,30 @@ class ImageWorker:
 
             torch.set_num_threads(self.settings.threads)
         try:
-            self.upscaler = Upscaler.from_pretrained(
-                self.settings.model, device=self.settings.device, dtype=self.settings.dtype,
-                offline=True if self.settings.offline else None, on_event=self.note,
-            )  # fmt: skip
+            with self.weights_view() as view:
+                self.upscaler = Upscaler.from_pretrained(
+                    self.settings.model, device=self.settings.device, dtype=self.settings.dtype,
+                    offline=True if self.settings.offline else None, on_weights_event=view,
+                )  # fmt: skip
         except OptionError as error:
             raise RunAborted(self.settings.model, str(error), 2) from error
         except StableSRError as error:
             raise RunAborted(self.settings.model, str(error), 1) from error
-        spec = self.upscaler.spec
-        if not self.settings.explicit_w:
-            self.options = dataclasses.replace(self.options, w=spec.default_w)
-        steps = self.options.steps or spec.default_steps
+        self.options = self.upscaler.resolve_options(self.options)
         threads = f" ({self.settings.threads} threads)" if self.settings.threads else ""
-        self.note(f"model {spec.name} on {self.upscaler.device}{threads}, {steps} steps, w {self.options.w:g}")
+        device = f"{self.upscaler.device}{threads}"
+        self.note(f"model {self.upscaler.facts.name} on {device}, {self.options.steps} steps, w {self.options.w:g}")
         return self.upscaler
+
+    @contextlib.contextmanager
+    def _weights_as_notes(self) -> Iterator[Callable[[object], None]]:
+        """Where no progress bar can be drawn (a worker process): the store's steps as notes."""
+
+        def forward(event: object) -> None:
+            if getattr(event, "kind", "") != "progress":
+                self.note(getattr(event, "message", str(event)))
+
+        yield forward
 
     # ------------------------------------------------------------ the three stages
 
@@ -156,14 +171,20 @@ class ImageWorker:
         return Stage(picture, seconds=time.perf_counter() - started)
 
     def compute(self, job: Job, picture: Picture, progress: Callable[[ProgressEvent], None] | None) -> Stage:
-        from ..imaging.picture import from_model_output, to_model_input
+        from ..imaging.tensor_bridge import upscale_picture
 
         self._maybe_crash(job)
         upscaler = self.load()
         started = time.perf_counter()
+
+        def on_event(event: ProgressEvent) -> None:
+            if event.stage == "retry":  # out of memory on an accelerator: said once, not drawn
+                self.note(event.message)
+            elif progress is not None:
+                progress(event)
+
         try:
-            img_sr = upscaler.upscale_tensor(to_model_input(picture), self.options, progress=progress)
-            result = from_model_output(picture, img_sr)
+            result = upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=on_event))
         except StableSRError as error:
             return Stage(error=str(error), seconds=time.perf_counter() - started)
         except (RuntimeError, MemoryError) as error:
@@ -246,6 +267,7 @@ def outcome_of(job: Job, stages: list[Stage]) -> Outcome:
     return Outcome(
         job.label, job.destination_label, Status.DONE, seconds=seconds,
         size=(result.width, result.height), input_size=(picture.width, picture.height),  # type: ignore[union-attr]
+        warnings=picture.warnings,  # type: ignore[union-attr]
     )  # fmt: skip
 
 

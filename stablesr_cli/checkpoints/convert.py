@@ -9,7 +9,6 @@ CFW training loss are dropped; an EMA copy of the UNet is kept only on request.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -17,48 +16,20 @@ import torch
 
 from ..atomic import atomic_write_via_path
 from ..errors import CheckpointError, OutputPathError
+from ..hashing import require_regular_file, sha256_file
 from .io import read_state_dict
 from .keymap import IGNORED_PREFIXES, SCHEDULE_BUFFERS, split_components
+from .layout import COMPONENT_FILES, CONTEXT_TENSOR, FORMAT, SR_COMPONENTS, find_converted  # noqa: F401  (re-exported)
 
 StateDict = dict[str, torch.Tensor]
 Note = Callable[[str], None]
 """Receives one human-readable line per conversion step (the CLI shows it; the library never prints)."""
-
-FORMAT = "stablesr/1"
-"""`format` metadata value of every converted file; bump when the layout changes."""
-
-COMPONENT_FILES: dict[str, str] = {
-    "unet": "unet.safetensors",
-    "time_encoder": "time_encoder.safetensors",
-    "vae": "vae.safetensors",
-    "text_encoder": "text_encoder.safetensors",
-    "cfw": "cfw.safetensors",
-    "context_empty": "context_empty.safetensors",
-    "unet_ema": "unet_ema.safetensors",
-}
-SR_COMPONENTS = ("unet", "time_encoder", "vae", "text_encoder")
-CONTEXT_TENSOR = "context"
-"""Name of the [1, 77, width] tensor inside context_empty.safetensors."""
 
 # The CFW checkpoint (AutoencoderKLResi) is rooted at these prefixes; `loss.*` is training only.
 CFW_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 _EMA_PREFIX = "model_ema."
 _EMA_BOOKKEEPING = frozenset({"model_ema.decay", "model_ema.num_updates"})
 _SHOW = 5
-
-
-def sha256_file(path: str | Path, chunk_bytes: int = 8 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (constant memory)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(chunk_bytes):
-                digest.update(chunk)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    return digest.hexdigest()
 
 
 def _list_keys(keys: list[str]) -> str:
@@ -194,6 +165,7 @@ def convert_sr_checkpoint(
     from .assemble import empty_prompt_context  # needs the text model code; imported on use
 
     ckpt, out_dir, note = Path(ckpt), Path(out_dir), note or _noop
+    require_regular_file(ckpt)
     if source_sha256 is None:
         note(f"hashing {ckpt.name}")
         source_sha256 = sha256_file(ckpt)
@@ -239,6 +211,7 @@ def convert_cfw_checkpoint(
 ) -> Path:
     """Write `cfw.safetensors` (encoder, decoder incl. fusion layers, quant convs) from a CFW `.ckpt`."""
     ckpt, out_dir, note = Path(ckpt), Path(out_dir), note or _noop
+    require_regular_file(ckpt)
     if source_sha256 is None:
         note(f"hashing {ckpt.name}")
         source_sha256 = sha256_file(ckpt)
@@ -252,32 +225,3 @@ def convert_cfw_checkpoint(
         tensors, path, _metadata("cfw", ckpt, source_sha256, model=model, prediction=None, dtype=_dtypes(tensors))
     )
     return path
-
-
-def convert_checkpoint(
-    ckpt: str | Path,
-    out_dir: str | Path,
-    *,
-    cfw: str | Path | None = None,
-    fp16: bool = False,
-    keep_ema: bool = False,
-    model: str | None = None,
-    prediction: str | None = None,
-    text_heads: int | None = None,
-    unet_head_channels: int | None = None,
-    note: Note | None = None,
-) -> dict[str, Path]:
-    """`stablesr weights convert`: the diffusion checkpoint and, if given, its CFW checkpoint into one folder."""
-    written = convert_sr_checkpoint(
-        ckpt, out_dir, fp16=fp16, keep_ema=keep_ema, model=model, prediction=prediction, text_heads=text_heads,
-        unet_head_channels=unet_head_channels, note=note
-    )
-    if cfw is not None:
-        written["cfw"] = convert_cfw_checkpoint(cfw, out_dir, fp16=fp16, model=model, note=note)
-    return written
-
-
-def find_converted(folder: str | Path) -> dict[str, Path]:
-    """Component -> path of the converted files present in `folder` (by their standard names)."""
-    folder = Path(folder)
-    return {name: folder / file for name, file in COMPONENT_FILES.items() if (folder / file).is_file()}

@@ -108,6 +108,9 @@ def infer_time_encoder_config(sd: Mapping[str, torch.Tensor], *, num_heads: int 
     sd = strip_prefix(sd, COMPONENT_PREFIXES["time_encoder"])
     mc, in_ch = _shape(sd, "input_blocks.0.0.weight", what)[:2]
     channels, num_res, attn_levels = _levels(sd, what, "qkv.weight")
+    odd = sorted({channels[level] for level in attn_levels if channels[level] % num_heads})
+    if odd:
+        raise CheckpointError(f"{what}: attention channels {odd} do not split into {num_heads} heads (num_heads)")
     return TimeEncoderConfig(
         in_channels=in_ch,
         model_channels=mc,

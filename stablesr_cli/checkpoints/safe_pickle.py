@@ -8,6 +8,9 @@ storage dtype tokens are resolved; every other global is refused with `UnsafeChe
 
 Storage records are uncompressed in every `torch.save` archive, so they are memory-mapped rather
 than read: opening a multi-GB checkpoint costs almost nothing until a tensor's bytes are touched.
+A compressed record is refused (a few MB could inflate to GBs), and so is every tensor that would
+reach past its record or show more elements than the record holds: `Tensor.set_` would grow the
+storage with uninitialised heap memory, and a zero stride turns a few bytes into GBs on copy.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
+
+# A tensor pickle may view a record several times (tied weights, views); beyond this many times the
+# records' bytes plus some slack, the views only serve to multiply what a conversion writes.
+_MAX_VIEW_FACTOR = 2
+_VIEW_SLACK_BYTES = 1 << 20
+# data.pkl holds only the structure (names, shapes, small scalars): about 1 MB for the released
+# 6.5 GB checkpoints. It is read into memory, so a bigger one is refused rather than inflated.
+_MAX_PICKLE_BYTES = 256 << 20
 
 # Lightning keys its `callbacks` entry by the callback *class*; the class is only ever used as a dict
 # key, so an inert stand-in is enough (and Lightning need not be installed).
@@ -137,16 +148,19 @@ class _ArchiveStorages:
                 f"{self._path}: storage record '{name}' holds {info.file_size} bytes, the pickle expects "
                 f"{nbytes}; the file is damaged"
             )
-        if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_type != zipfile.ZIP_STORED:
+            # torch.save never compresses records; a compressed one could inflate a small file into
+            # GBs of memory, so it is not read at all
+            raise CheckpointError(
+                f"{self._path}: storage record '{name}' is compressed, which torch.save never writes; "
+                "re-save the checkpoint with torch.save on a machine where you trust it"
+            )
+        if nbytes:
             mapping = self._mapping()
             start = self._data_offset(info, len(mapping))
-            raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=start) if nbytes else (
-                torch.empty(0, dtype=torch.uint8)
-            )
-        else:  # torch never compresses records, but a re-zipped file may; read it into memory
-            raw = torch.frombuffer(bytearray(self._archive.read(name)), dtype=torch.uint8) if nbytes else (
-                torch.empty(0, dtype=torch.uint8)
-            )
+            raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=start)
+        else:
+            raw = torch.empty(0, dtype=torch.uint8)
         storage = raw.untyped_storage()
         self._cache[key] = storage
         return storage
@@ -164,17 +178,39 @@ class _ArchiveStorages:
         return start
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # the Python implementation: the C one has no BUILD hook
     """Resolves only the globals a tensor checkpoint needs; anything else is refused.
 
     Allowed: tensor and parameter rebuilding (our own implementations, bounds-checked), the storage
-    dtype tokens, OrderedDict, and the bytes/set spellings of pickle protocol 2.
+    dtype tokens, OrderedDict, and the bytes/set spellings of pickle protocol 2. The BUILD opcode
+    (restore an object's state) is allowed only to set attributes of an OrderedDict, which is how a
+    module's `state_dict()._metadata` travels; on a tensor it would call `Tensor.__setstate__`,
+    i.e. `set_` with any geometry, so it is refused there and everywhere else.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, data: Any, path: Path, storages: _ArchiveStorages) -> None:
         super().__init__(data)
         self._path = path
         self._storages = storages
+        self._viewed_bytes = 0
+        self._record_keys: set[str] = set()
+        self._stored_bytes = 0
+
+    def _load_build(self) -> None:
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if type(target) is OrderedDict and isinstance(state, dict) and all(isinstance(k, str) for k in state):
+            target.__dict__.update(state)
+            return
+        what = "a tensor" if isinstance(target, torch.Tensor) else f"a {type(target).__name__}"
+        raise UnsafeCheckpointError(
+            f"{self._path}: refused to restore state into {what} (pickle BUILD), which torch.save never writes "
+            "for a tensor checkpoint; do not use this file unless you trust its source"
+        )
+
+    dispatch[pickle.BUILD[0]] = _load_build
 
     def find_class(self, module: str, name: str) -> Any:
         qualname = f"{module}.{name}"
@@ -212,9 +248,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
             raise CheckpointError(f"{self._path}: malformed storage reference {pid!r}; the file is damaged")
+        if numel < 0:
+            raise CheckpointError(f"{self._path}: storage record '{key}' declares {numel} elements; the file is damaged")
         itemsize = torch.empty(0, dtype=storage_type.dtype).element_size()
+        storage = self._storages.storage(key, numel * itemsize)
+        if key not in self._record_keys:
+            self._record_keys.add(key)
+            self._stored_bytes += storage.nbytes()
         # the dtype travels with the storage so that _rebuild_tensor knows how to view the bytes
-        return _TypedBytes(self._storages.storage(key, numel * itemsize), storage_type.dtype)
+        return _TypedBytes(storage, storage_type.dtype, key)
 
     def _rebuild_tensor(
         self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
@@ -224,15 +266,49 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise CheckpointError(f"{self._path}: a tensor does not point at a storage record; the file is damaged")
         if backward_hooks:
             raise UnsafeCheckpointError(f"{self._path}: refused a tensor with backward hooks (they would run code)")
-        if not (_is_int_tuple(size) and _is_int_tuple(stride) and isinstance(offset, int) and len(size) == len(stride)):
+        if not (_is_int_tuple(size) and _is_int_tuple(stride) and _is_count(offset) and len(size) == len(stride)):
             raise CheckpointError(f"{self._path}: malformed tensor geometry {size!r}/{stride!r}; the file is damaged")
+        self._check_geometry(storage, offset, size, stride)
         tensor = torch.empty(0, dtype=storage.dtype)
-        try:
-            # set_ checks that offset/size/stride stay inside the storage
-            tensor.set_(storage.storage, offset, torch.Size(size), stride)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{self._path}: a tensor lies outside its storage record ({exc}); the file is damaged") from None
+        # the geometry is checked to lie inside the record, so set_ never needs to grow the storage
+        tensor.set_(storage.storage, offset, torch.Size(size), stride)
         return tensor
+
+    def _check_geometry(self, storage: "_TypedBytes", offset: int, size: tuple, stride: tuple) -> None:
+        """Refuse a tensor that reaches past its record, repeats elements by a zero stride, or shows
+        more elements than the record holds. `Tensor.set_` would grow a too-small storage with
+        uninitialised memory (which a conversion then writes out), and a stride-0 view of a few
+        bytes becomes GBs once copied."""
+        itemsize = torch.empty(0, dtype=storage.dtype).element_size()
+        record_elements = storage.storage.nbytes() // itemsize
+        where = f"{self._path}: tensor {tuple(size)} on storage record '{storage.key}'"
+        numel = 1
+        for dim in size:
+            numel *= dim
+        if numel == 0:
+            if offset > record_elements:
+                raise CheckpointError(f"{where} starts at element {offset}, past the record's {record_elements}; the file is damaged")
+            return
+        if any(st == 0 and dim > 1 for dim, st in zip(size, stride)):
+            raise CheckpointError(
+                f"{where} repeats elements with stride {tuple(stride)}, which torch.save never writes; the file is crafted"
+            )
+        if numel > record_elements:
+            raise CheckpointError(
+                f"{where} has {numel} elements, more than the record's {record_elements}; the file is damaged or crafted"
+            )
+        end = offset + sum((dim - 1) * st for dim, st in zip(size, stride)) + 1
+        if end > record_elements:
+            raise CheckpointError(
+                f"{where} reaches element {end}, past the record's {record_elements} "
+                f"({record_elements * itemsize} bytes); the file is damaged or crafted"
+            )
+        self._viewed_bytes += numel * itemsize
+        if self._viewed_bytes > _MAX_VIEW_FACTOR * self._stored_bytes + _VIEW_SLACK_BYTES:
+            raise CheckpointError(
+                f"{self._path}: its tensors view {self._viewed_bytes} bytes of {self._stored_bytes} stored "
+                f"(storage record '{storage.key}' and others viewed many times); the file is crafted"
+            )
 
     def _rebuild_parameter(self, data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> torch.Tensor:
         # state dicts only need the values; a plain tensor also keeps safetensors happy
@@ -244,17 +320,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 class _TypedBytes:
-    """A storage record plus the dtype the pickle declared for it."""
+    """A storage record plus the dtype the pickle declared for it and the record's key."""
 
-    __slots__ = ("storage", "dtype")
+    __slots__ = ("storage", "dtype", "key")
 
-    def __init__(self, storage: torch.UntypedStorage, dtype: torch.dtype) -> None:
+    def __init__(self, storage: torch.UntypedStorage, dtype: torch.dtype, key: str) -> None:
         self.storage = storage
         self.dtype = dtype
+        self.key = key
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_int_tuple(value: Any) -> bool:
-    return isinstance(value, tuple) and all(isinstance(v, int) and v >= 0 for v in value)
+    return isinstance(value, tuple) and all(type(v) is int and v >= 0 for v in value)
 
 
 def _find_root(path: Path, archive: zipfile.ZipFile) -> str:
@@ -283,11 +364,18 @@ def load_zip_checkpoint(path: str | Path) -> Any:
         root = _find_root(path, archive)
         byteorder_name = f"{root}byteorder"
         if byteorder_name in archive.namelist():
-            order = archive.read(byteorder_name).decode("ascii", "replace").strip()
+            order_info = archive.getinfo(byteorder_name)
+            order = archive.read(order_info).decode("ascii", "replace").strip() if order_info.file_size <= 16 else "?"
             if order != "little":
                 raise CheckpointError(f"{path}: stored as {order}-endian tensors, which this loader does not read")
+        pickle_info = archive.getinfo(f"{root}data.pkl")
+        if pickle_info.file_size > _MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{path}: data.pkl declares {pickle_info.file_size} bytes, far more than any model checkpoint's "
+                "structure needs; the file is damaged or crafted"
+            )
         try:
-            pickled = archive.read(f"{root}data.pkl")
+            pickled = archive.read(pickle_info)
         except (zipfile.BadZipFile, OSError) as exc:
             raise CheckpointError(f"{path}: cannot read data.pkl ({exc}); the file is damaged") from None
         storages = _ArchiveStorages(path, archive, root)

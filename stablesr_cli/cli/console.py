@@ -70,6 +70,8 @@ class Outcome:
     input_size: tuple[int, int] | None = None
     error: str | None = None
     """For skipped and failed images: why."""
+    warnings: tuple[str, ...] = ()
+    """For done images: what had to be changed in the input to use it (e.g. NaN pixels replaced)."""
 
     def to_json(self) -> str:
         record = asdict(self)

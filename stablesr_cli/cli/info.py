@@ -77,10 +77,11 @@ def _weights_report() -> list[WeightsReport]:
                 "downloaded": str(f.downloaded) if f.downloaded else None,
                 "converted": str(f.converted) if f.converted else None,
                 "verified_by": f.verified_by,
+                "damaged": f.problem,
             }
             for f in status.files
         ]
-        reports.append(WeightsReport(status.spec.name, status.spec.description, status.ready, files, status.spec.licence))
+        reports.append(WeightsReport(status.spec.name, status.spec.facts.summary, status.ready, files, status.spec.licence))
     return reports
 
 
@@ -136,7 +137,9 @@ def _print_tables(console: Console, facts: dict[str, Any], devices: DeviceReport
 
 
 def _model_state(model: WeightsReport) -> str:
-    return "ready" if model.ready else "missing"
+    if model.ready:
+        return "ready"
+    return "damaged" if any(f["damaged"] for f in model.files) else "missing"
 
 
 _VERIFIED_BY = {
@@ -146,6 +149,8 @@ _VERIFIED_BY = {
 
 
 def _file_state(file: dict[str, Any]) -> str:
+    if file["damaged"]:
+        return f"{file['file']}: converted copy damaged ({file['damaged']}); `stablesr weights download` converts it again"
     if file["converted"]:
         checked = _VERIFIED_BY.get(file["verified_by"], "not verified (no published SHA-256 to compare with)")
         return f"{file['file']}: converted, {checked}"

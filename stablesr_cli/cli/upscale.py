@@ -22,6 +22,7 @@ from ..errors import OptionError, OutputPathError
 from ..options import ColorFix, OutputFormat, Precision, UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from .console import (
+    PROGRAM,
     JsonLines,
     Outcome,
     RunProgress,
@@ -37,6 +38,7 @@ from .plan import Action, Job, OutputRequest, expand_inputs, plan_jobs
 
 if TYPE_CHECKING:
     from ..batch.runner import Backend
+    from .downloads import DownloadView
     from ..batch.work import WorkerSettings
 
 DEFAULTS = UpscaleOptions()
@@ -117,7 +119,7 @@ def upscale(
         Optional[int],
         typer.Option(help="Overlap of diffusion tiles in pixels (multiple of 8). Default: half a tile.", rich_help_panel=TILING, show_default=False),
     ] = DEFAULTS.tile_overlap,
-    tile_batch: Annotated[int, typer.Option(help="Diffusion tiles per model call (more is faster, needs more memory).", rich_help_panel=TILING)] = DEFAULTS.tile_batch,
+    tile_batch: Annotated[str, typer.Option(metavar="N|auto", help="Diffusion tiles per model call (more is faster on a GPU, needs more memory); auto: as many as fit in free GPU memory.", rich_help_panel=TILING)] = str(DEFAULTS.tile_batch),
     vae_tiling: Annotated[
         VaeTiling,
         typer.Option(case_sensitive=False, help="none: whole image at once; upstream: overlapping pixel patches as upstream does; lean: one diffusion run, VAE in tiles.", rich_help_panel=TILING),
@@ -187,8 +189,8 @@ def upscale(
     console = make_console()
     try:
         options = UpscaleOptions(
-            scale=scale, w=DEFAULTS.w if w is None else w, steps=steps, seed=seed, color_fix=color_fix,
-            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tiling=vae_tiling,
+            scale=scale, w=w, steps=steps, seed=seed, color_fix=color_fix,
+            tile_size=tile_size, tile_overlap=tile_overlap, tile_batch=_tile_batch(tile_batch), vae_tiling=vae_tiling,
             vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
         )  # fmt: skip
         request = OutputRequest(
@@ -221,7 +223,7 @@ def upscale(
         else:
             settings = WorkerSettings(
                 model=model, device=device, dtype=dtype.value, offline=offline, options=options,
-                explicit_w=w is not None, quality=quality, max_pixels=_max_pixels(max_pixels),
+                quality=quality, max_pixels=_max_pixels(max_pixels),
                 skip_existing=skip_existing, overwrite=overwrite,
             )  # fmt: skip
             exit_code = _Batch(jobs, settings, backend, report, stdout).run()
@@ -251,6 +253,17 @@ def _open_json(path: Path) -> JsonLines:
         return JsonLines(path.open("a", encoding="utf-8"), owned=True)
     except OSError as error:
         raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
+
+
+def _tile_batch(value: str) -> int | None:
+    """`--tile-batch`: a whole number, or auto (None: as many as fit)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionError(f"--tile-batch must be a whole number or auto, got {value!r}") from None
 
 
 def _max_pixels(value: int | None) -> int | None:
@@ -298,6 +311,9 @@ class _Report:
         elif outcome.status is Status.DONE and not self.live:
             size = f"{outcome.size[0]}x{outcome.size[1]}, " if outcome.size else ""
             print_line(self.console, f"{outcome.input} -> {outcome.output} ({size}{format_seconds(outcome.seconds)})")
+        if not self.quiet:
+            for warning in outcome.warnings:
+                print_line(self.console, f"{PROGRAM}: warning: {warning}", style="yellow")
 
     def note(self, message: str) -> None:
         """A message about the run itself (model download, loading), not about one image."""
@@ -379,6 +395,11 @@ class _Batch:
 
     def finish_image(self) -> None:
         self.progress.finish_image()
+
+    def weights_view(self) -> DownloadView:
+        from .downloads import DownloadView
+
+        return DownloadView(self.report.console, enabled=self.report.chatty, style="dim")
 
     # batch.work.StandardStreams
     def read_stdin(self) -> bytes:

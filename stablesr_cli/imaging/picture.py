@@ -1,61 +1,80 @@
-"""Bridge between a `Picture` and the model's tensors; no file I/O here.
+"""`Picture`: an image as the model sees it (RGB floats) plus everything needed to give it back as it came.
 
-The pipeline takes RGB [1, 3, H, W] float32 in [0, 1] and returns [1, 3, H', W'] in [0, 1]. What the
-model never sees (alpha, greyness, metadata) is put back here, at the output size.
+Readers (imaging/read.py, imaging/pil_images.py) build one, the tensor bridge runs it through the
+model at a new size, and writers (imaging/write.py) turn it back into a file or a Pillow image.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .io import LUMA_WEIGHTS, Picture
+STDIN_NAME = "<stdin>"
 
-
-def to_model_input(picture: Picture) -> torch.Tensor:
-    """The picture's RGB as [1, 3, H, W] float32 in [0, 1] (a copy: the model may work in place)."""
-    img = torch.from_numpy(np.array(picture.rgb, dtype=np.float32, copy=True))  # [H, W, 3]
-    return img.permute(2, 0, 1).unsqueeze(0).contiguous()  # [1, 3, H, W]
+# Luma weights of ITU-R 601-2, the ones Pillow's convert("L") uses.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def from_model_output(picture_in: Picture, rgb_sr: torch.Tensor) -> Picture:
-    """A new Picture at the size of `rgb_sr` ([1, 3, H', W'] in [0, 1]) with `picture_in`'s traits.
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays have no single truth value
+class Picture:
+    """An image as the model sees it (RGB floats) plus everything needed to write it back faithfully."""
 
-    Grey inputs come back grey (ITU-R 601-2 luma, as Pillow's convert("L"), in all three channels),
-    alpha is resized separately with bicubic interpolation and clamped, ICC/EXIF/format/bit depth
-    are carried over, and DPI is scaled by the actual size ratio so the print size stays the same.
-    """
-    if rgb_sr.ndim != 4 or rgb_sr.shape[0] != 1 or rgb_sr.shape[1] != 3:
-        raise ValueError(f"rgb_sr must be [1, 3, H, W], got {list(rgb_sr.shape)}")
-    img_sr = rgb_sr.detach().to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0)[0]  # [3, H', W']
-    height, width = int(img_sr.shape[1]), int(img_sr.shape[2])
+    rgb: np.ndarray
+    """float32 [H, W, 3] in [0, 1]; a grey image has three equal channels."""
+    alpha: np.ndarray | None
+    """float32 [H, W] in [0, 1], or None when the image has no transparency."""
+    is_grey: bool
+    """The source had one colour channel; it is written back as one."""
+    bit_depth: int
+    """8 or 16: the precision of the source samples, and of the output where the format allows it."""
+    format: str
+    """Pillow's name of the source format, sniffed from the content (PNG, JPEG, WEBP, TIFF, BMP, GIF...)."""
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    """The raw EXIF block ("Exif\\0\\0" + TIFF structure) with the orientation reset to 1, since the
+    pixels are already upright."""
+    dpi: tuple[float, float] | None = None
+    source: str = STDIN_NAME
+    """Where the picture came from, for messages: a path or '<stdin>'."""
+    warnings: tuple[str, ...] = ()
+    """What the reader had to change to make the image usable (e.g. NaN samples replaced), one line
+    each naming the source, for the CLI's report or a Python warning."""
 
-    if picture_in.is_grey:
-        red, green, blue = LUMA_WEIGHTS
-        luma = (red * img_sr[0] + green * img_sr[1] + blue * img_sr[2]).clamp(0.0, 1.0)  # [H', W']
-        img_sr = luma.expand(3, height, width)
-    rgb = np.ascontiguousarray(img_sr.permute(1, 2, 0).numpy(), dtype=np.float32)  # [H', W', 3]
+    def __post_init__(self) -> None:
+        # These are programming errors, not user input: the reader always builds valid pictures.
+        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.float32:
+            raise ValueError(f"Picture.rgb must be float32 [H, W, 3], got {self.rgb.dtype} {self.rgb.shape}")
+        if self.alpha is not None and (self.alpha.shape != self.rgb.shape[:2] or self.alpha.dtype != np.float32):
+            raise ValueError(
+                f"Picture.alpha must be float32 {self.rgb.shape[:2]}, got {self.alpha.dtype} {self.alpha.shape}"
+            )
+        if self.bit_depth not in (8, 16):
+            raise ValueError(f"Picture.bit_depth must be 8 or 16, got {self.bit_depth}")
 
-    alpha = None if picture_in.alpha is None else resize_alpha(picture_in.alpha, height, width)
-    dpi = None
-    if picture_in.dpi is not None:
-        dpi = (picture_in.dpi[0] * width / picture_in.width, picture_in.dpi[1] * height / picture_in.height)
-    return replace(picture_in, rgb=rgb, alpha=alpha, dpi=dpi)
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
 
 
-def resize_alpha(alpha: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bicubic resize of an alpha plane [H, W] to [height, width], clamped to [0, 1].
+def grey_channel(rgb: np.ndarray) -> np.ndarray:
+    """The single channel of a grey picture: channel 0 when all three agree (lossless), luma otherwise."""
+    first = rgb[..., 0]
+    if np.array_equal(first, rgb[..., 1]) and np.array_equal(first, rgb[..., 2]):
+        return first
+    red, green, blue = LUMA_WEIGHTS
+    return (red * rgb[..., 0] + green * rgb[..., 1] + blue * rgb[..., 2]).astype(np.float32)
 
-    Antialiasing only when shrinking: torch's antialiased bicubic uses a different kernel (a=-0.5)
-    from its plain one (a=-0.75), so it is kept out of the usual upscaling case.
-    """
-    source_height, source_width = alpha.shape
-    if (source_height, source_width) == (height, width):
-        return np.array(alpha, dtype=np.float32, copy=True)
-    plane = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]  # [1, 1, H, W]
-    shrinking = height < source_height or width < source_width
-    resized = F.interpolate(plane, size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking)
-    return np.ascontiguousarray(resized[0, 0].clamp(0.0, 1.0).numpy(), dtype=np.float32)
+
+def quantise_8bit(values: np.ndarray) -> np.ndarray:
+    """clamp(x, 0, 1) * 255, truncated (upstream's `astype(uint8)`), not rounded."""
+    return (np.clip(values, 0.0, 1.0).astype(np.float32) * np.float32(255)).astype(np.uint8)
+
+
+def quantise_16bit(values: np.ndarray) -> np.ndarray:
+    """round(clamp(x, 0, 1) * 65535)."""
+    return np.round(np.clip(values, 0.0, 1.0).astype(np.float32) * np.float32(65535)).astype(np.uint16)

@@ -14,7 +14,7 @@ class ResBlock(nn.Module):
     """GN-SiLU-conv, + time embedding, GN-SiLU-conv, optional SFT, + skip (upstream ResBlock / ResBlockDual).
 
     With `sft_channels` the block is upstream's `ResBlockDual`: the SFT modulates the residual branch
-    AFTER its second conv and before the skip add (Pitfall 10).
+    AFTER its second conv and before the skip add (upstream `ResBlockDual._forward` in `openaimodel.py`).
     """
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, sft_channels: int = 0, sft_hidden: int = 128) -> None:

@@ -1,4 +1,4 @@
-"""Primitives shared by the UNet and the time-aware encoder (spec section 2.0)."""
+"""Primitives shared by the UNet and the time-aware encoder (upstream `ldm/modules/diffusionmodules/util.py`)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     """softmax(q k^T / sqrt(d)) v over [B, T, heads*d] tokens; heads are contiguous d-wide chunks.
 
     Half-precision inputs are attended in float32: SD 2.x logits overflow fp16 (ComfyUI's SD20
-    `attn_precision`; upstream computes them in fp16 without upcast, Pitfall 21).
+    `attn_precision`; upstream's `CrossAttention` in `ldm/modules/attention.py` computes them in fp16 without upcast).
     """
     b, tq, c = q.shape
     d = c // heads

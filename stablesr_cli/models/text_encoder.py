@@ -1,6 +1,6 @@
 """OpenCLIP's text tower as StableSR uses it: the cross-attention context from layer "penultimate".
 
-Spec 2.5: `x = token_embedding(ids) + positional_embedding`, every residual block but the last
+Upstream `FrozenOpenCLIPEmbedder`: `x = token_embedding(ids) + positional_embedding`, every block but the last
 (pre-LN, causal self-attention, exact-GELU MLP), then `ln_final` on all positions. No pooling, no
 projection. Parameter names are those of the official checkpoint under `cond_stage_model.model.`,
 so `load_strict` takes that component's tensors as they are; `text_projection` and `logit_scale`

@@ -1,4 +1,4 @@
-"""The time-aware encoder of the low-resolution latent (upstream `EncoderUNetModelWT`, spec 2.2).
+"""The time-aware encoder of the low-resolution latent (upstream `EncoderUNetModelWT` in `openaimodel.py`).
 
 It returns one feature map per UNet level (a list indexed by level, where upstream returns a dict
 keyed by the map's width); the UNet's SFT layers consume them at every sampling step.
@@ -32,7 +32,7 @@ class TimeEncoderConfig:
 
 
 class LegacyAttention(nn.Module):
-    """Self-attention over h*w tokens with upstream's legacy qkv layout (Pitfall 11).
+    """Self-attention over h*w tokens with upstream's legacy qkv layout (`QKVAttentionLegacy` in `openaimodel.py`).
 
     The 3C channels of `qkv` (a 1x1 Conv1d) are grouped per head as [q_h, k_h, v_h] for h = 0..H-1,
     NOT as [Q; K; V] like torch's MultiheadAttention.

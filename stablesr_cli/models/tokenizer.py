@@ -1,6 +1,6 @@
 """Prompt text -> token ids, exactly as `open_clip.tokenize` (open_clip_torch 2.0.2) does it.
 
-The rules (spec 2.5, golden README `08_text_encoder`): clean the text (ftfy, HTML entities, whitespace,
+The rules (open_clip `tokenize`, golden README `08_text_encoder`): clean the text (ftfy, HTML entities, whitespace,
 lower case), split it with CLIP's pre-tokenizer pattern, map every UTF-8 byte to a printable character,
 merge with the byte-pair ranks of `bpe_simple_vocab_16e6.txt.gz`, then frame the ids as
 `[START_OF_TEXT] + ids + [END_OF_TEXT]`, zero-padded (or cut) to the context length.

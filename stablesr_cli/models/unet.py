@@ -1,4 +1,4 @@
-"""The SD 2.x UNet whose residual blocks take structure features (upstream `UNetModelDualcondV2`, spec 2.1)."""
+"""The SD 2.x UNet whose residual blocks take structure features (upstream `openaimodel.UNetModelDualcondV2`)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)  # first half value, second half gate (Pitfall 13)
+        value, gate = self.proj(x).chunk(2, dim=-1)  # first half value, second half gate (upstream `GEGLU`)
         return value * F.gelu(gate)
 
 

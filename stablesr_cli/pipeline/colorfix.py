@@ -1,7 +1,7 @@
-"""Colour correction of the decoded image against the upscaled input (spec 4.7).
+"""Colour correction of the decoded image against the upscaled input (AdaIN or wavelet).
 
 Both fixes are upstream's `scripts/wavelet_color_fix.py` on [B, C, H, W] tensors, applied to the
-decoded image in [-1, 1] before the final clamp (Pitfall 22). They work in the input's dtype and
+decoded image in [-1, 1] before the final clamp, as the DDPM scripts do. They work in the input's dtype and
 on its device; the operation order follows upstream so float32 results match it to ~1e-7.
 """
 

@@ -1,7 +1,7 @@
 """Where the pipeline's Gaussian noise comes from (k-diffusion's `noise_sampler` idea).
 
 The default source is ONE seeded CPU `torch.Generator`, drawn in upstream's order and shapes
-(spec 4.11): per image or pixel patch, the posterior sample, then x_T (a channels_last draw,
+(upstream's DDPM `_tile` script): per image or pixel patch, the posterior sample, then x_T (channels_last,
 because upstream's `randn_like` follows its channels_last latent), then one draw per sampling step.
 Drawing on the CPU makes the stream identical on every device; the tensors are then moved.
 """
@@ -22,6 +22,14 @@ class NoiseSource(Protocol):
     def reseed(self) -> None:
         """Restart the stream (upstream re-seeds before every pixel patch)."""
         ...
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a CPU draw to `device` without making the host wait: a copy from pinned memory runs
+    asynchronously on CUDA, a copy from ordinary (pageable) memory blocks until it is done."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class SeededNoise:

@@ -1,4 +1,4 @@
-"""Pixel pre- and post-processing of `sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py` (spec 4.3, 4.8).
+"""Pixel pre- and post-processing of upstream `scripts/sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py`.
 
 Before sampling: enlarge by s = max(min_side / short side, scale) with PyTorch bicubic, clamp to
 [-1, 1], reflect-pad bottom/right to multiples of 32. After decoding: map to [0, 1], crop the
@@ -25,7 +25,7 @@ def upscale_factor(height: int, width: int, scale: float, min_side: int) -> floa
 
 def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
     """PyTorch bicubic (a = -0.75), align_corners False, no antialiasing, as every upstream resize
-    in the DDPM scripts (Pitfall 16). Overshoot is not clamped here."""
+    in the DDPM scripts (torchvision/PIL resizes antialias and differ). Overshoot is not clamped here."""
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
 
 
@@ -77,7 +77,7 @@ def pad_reflect_32(x: Tensor) -> tuple[Tensor, int, int]:
 
 
 def to_unit_range(x_pm1: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1], clamped (after colour fix and patch blending, Pitfall 22)."""
+    """[-1, 1] -> [0, 1], clamped; upstream clamps only here, after colour fix and patch blending."""
     return ((x_pm1 + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
@@ -99,7 +99,7 @@ def finish_output(img01_padded: Tensor, unpadded_hw: tuple[int, int], target_hw:
 
 
 def to_uint8(img01: Tensor) -> Tensor:
-    """[0, 1] -> uint8 by x * 255 and TRUNCATION, as upstream's astype(uint8) (Pitfall 22).
+    """[0, 1] -> uint8 by x * 255 and TRUNCATION, as upstream's astype(uint8) (rounding differs by one level).
 
     The clamp is a no-op on the pipeline's already clamped images; it keeps the cast defined.
     """

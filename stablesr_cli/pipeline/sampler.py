@@ -1,4 +1,4 @@
-"""The denoising loop: respaced DDPM steps over Gaussian-blended latent tiles (spec 3.3, 4.4).
+"""The denoising loop: respaced DDPM steps over Gaussian-blended latent tiles (upstream `p_sample_loop_canvas`).
 
 At every step each tile's low-resolution latent goes through the time-aware encoder at the step's
 original timestep, the UNet predicts eps or v for the tile, the predictions are blended with
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..progress import ProgressEvent
-from .noise import NoiseSource
+from .noise import NoiseSource, to_device
 from .schedule import Prediction, Schedule, ddpm_step
 from .tiling import GaussianBlender, Tile, latent_tiles
 
@@ -97,15 +97,17 @@ def sample(
     """
     z = z_start.to(torch.float32)
     total = schedule.num_steps
+    timesteps = [int(t) for t in schedule.timesteps.tolist()]
+    schedule = schedule.to(z.device)
     for k, i in enumerate(reversed(range(total))):
-        t = int(schedule.timesteps[i])
+        t = timesteps[i]
 
         def on_tile(done: int, count: int, _k: int = k) -> None:
             if progress is not None:
                 progress(ProgressEvent("sample", step=_k, total_steps=total, tile=done, total_tiles=count))
 
         out = blended_prediction(denoiser, z, z_lq, t, tiling, on_tile)
-        step_noise = noise.draw(tuple(z.shape)).to(z.device)
+        step_noise = to_device(noise.draw(tuple(z.shape)), z.device)
         z = ddpm_step(out, z, i, schedule, denoiser.prediction, step_noise)
         if on_step is not None:
             on_step(k, z)

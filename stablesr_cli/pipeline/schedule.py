@@ -1,8 +1,8 @@
-"""The DDPM noise schedule, its respacing to N steps, and one ancestral step (spec 3.1-3.3).
+"""The DDPM noise schedule, its respacing to N steps, and one ancestral step (upstream `respace.py`, `ddpm.py`).
 
 Everything here reproduces the official code's arithmetic, dtype by dtype, because the respaced
 tables feed a 1/sqrt(alpha_bar) ~ 15x gain at t=999: a float64 derivation cast once differs from
-upstream by a few float32 ulps, which the sampler then amplifies (Pitfall 7).
+upstream by a few float32 ulps, which the sampler then amplifies step after step.
 
 * Base schedule: betas = linspace(sqrt(0.00085), sqrt(0.012), 1000, float64) ** 2, every derived
   table computed in float64 numpy and stored as float32.
@@ -10,7 +10,7 @@ upstream by a few float32 ulps, which the sampler then amplifies (Pitfall 7).
   alpha_bar table walked in float32, and the same formulas are then evaluated in float32 numpy
   (except alpha_bar_prev, which prepends a float64 1.0 and so promotes what it touches).
 * Networks see the original timestep tau_i (`Schedule.timesteps[i]`); every coefficient uses the
-  respaced index i (Pitfall 2).
+  respaced index i; swapping the two still runs and silently gives a wrong image.
 """
 
 from __future__ import annotations
@@ -70,8 +70,13 @@ class Schedule:
         return self.betas
 
     def to(self, device: torch.device | str) -> "Schedule":
-        """The same schedule with every table on `device` (values unchanged)."""
-        moved = {name: getattr(self, name).to(device) for name in self.__dataclass_fields__}
+        """The same schedule with every coefficient table on `device` (values unchanged), moved once
+        so that no sampling step copies from the host. `timesteps` stays on the CPU: the sampler
+        reads them as Python ints, which on an accelerator would wait for the device every step."""
+        moved = {
+            name: getattr(self, name) if name == "timesteps" else getattr(self, name).to(device)
+            for name in self.__dataclass_fields__
+        }
         return Schedule(**moved)
 
 
@@ -199,7 +204,7 @@ def q_sample_start(z_lq: Tensor, noise: Tensor, base: Schedule | None = None) ->
 def predict_z0(
     model_out: Tensor, z_t: Tensor, i: int, schedule: Schedule, prediction: Prediction | str
 ) -> Tensor:
-    """The clean latent implied by the network output at respaced index i (never clamped, Pitfall 6)."""
+    """The clean latent implied by the network output at respaced index i (never clamped, as upstream's p_sample)."""
     kind = _prediction(prediction)
     _check_index(i, schedule)
     if kind is Prediction.EPS:
@@ -221,7 +226,7 @@ def ddpm_step(
     prediction: Prediction | str,
     noise: Tensor,
 ) -> Tensor:
-    """One ancestral step from respaced index i to i - 1 (spec 3.3).
+    """One ancestral step from respaced index i to i - 1 (upstream `LatentDiffusionSRTextWT.p_sample`).
 
     mean = coef1_i * z0 + coef2_i * z_t; z_{i-1} = mean + [i > 0] * exp(0.5 * logvar_i) * noise.
     Upstream draws `noise` at every step, the last one included, and multiplies it by 0 at i = 0;

@@ -1,4 +1,4 @@
-"""The whole data path of one image, top to bottom, on tensors (upstream `_oldcanvas_tile`, spec 4.3).
+"""One image's whole data path, top to bottom, on tensors (upstream `sr_val_ddpm_text_T_vqganfin_oldcanvas_tile.py`).
 
     img_lq [0,1] -> x [-1,1] -> enlarge by s, clamp -> reflect-pad to 32
       -> per pixel patch (or whole): z_lq = SD-VAE posterior sample -> x_T = q_sample(z_lq, 999)
@@ -12,6 +12,7 @@ separate CFW checkpoint. Nothing here reads or writes files.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,16 +20,16 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
+from ..models.autoencoder import LATENT_SCALE, DiagonalGaussian
 from ..options import UpscaleOptions, VaeTiling
 from ..progress import ProgressEvent
 from . import preprocess
 from .colorfix import apply_color_fix
-from .noise import NoiseSource
+from .noise import NoiseSource, to_device
 from .sampler import Denoiser, LatentTiling, sample
 from .schedule import Prediction, Schedule, q_sample_start, respaced_schedule
-from .tiling import GaussianBlender, Tile, pixel_patches
-
-LATENT_SCALE = 0.18215  # SD VAE scaling factor (config scale_factor)
+from .memory import auto_tile_batch
+from .tiling import GaussianBlender, Tile, latent_tiles, pixel_patches
 
 Progress = Callable[[ProgressEvent], None]
 
@@ -68,7 +69,22 @@ def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
     down = models.vae_downscale
     tile = opts.tile_size // down if opts.tile_size else models.native_tile
     overlap = tile // 2 if opts.tile_overlap is None else min(opts.tile_overlap // down, tile - 1)
-    return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch)
+    return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch or 1)
+
+
+def _fitted_tiling(models: StableSRModels, denoiser: Denoiser, opts: UpscaleOptions, z_lq: torch.Tensor) -> LatentTiling:
+    """The latent tiling, with `tile_batch=None` (auto) resolved against the device's free memory."""
+    tiling = latent_tiling(models, opts)
+    if opts.tile_batch is not None:
+        return tiling
+    height, width = z_lq.shape[-2:]
+    side_h, side_w = min(tiling.tile, height), min(tiling.tile, width)
+    probe = torch.zeros(1, z_lq.shape[1], side_h, side_w, device=z_lq.device)
+    batch = auto_tile_batch(
+        lambda: denoiser.predict(probe, probe, 999), tiling.tile,
+        len(latent_tiles(height, width, tiling.tile, tiling.overlap)), models.device, models.dtype, id(models.unet),
+    )  # fmt: skip
+    return dataclasses.replace(tiling, batch=batch)
 
 
 def _encode(vae: nn.Module, x: torch.Tensor, opts: UpscaleOptions, storage: torch.device | None):
@@ -100,35 +116,44 @@ def restore(
 ) -> torch.Tensor:
     """One full StableSR run on an image (or pixel patch) in [-1, 1] whose sides suit the VAEs -> [-1, 1]."""
     device, dtype = models.device, models.dtype
-    noise.reseed()  # every image and every pixel patch starts from the seed (spec 4.11)
+    noise.reseed()  # every image and pixel patch starts from the seed: no result depends on the rest of the batch
     report = progress or (lambda event: None)
     report(ProgressEvent("encode", patch=patch, total_patches=total_patches))
     x = x_lq.to(device=device, dtype=dtype)
-    # lean tiling on an accelerator: the full-resolution activations between GroupNorm sync points
-    # wait in host memory, so device memory scales with the tile, not the image
-    storage = torch.device("cpu") if opts.vae_tiling is VaeTiling.LEAN and device.type != "cpu" else None
+    storage = lean_storage_device(opts, device)
 
     # the LR latent: a posterior SAMPLE of the diffusion checkpoint's own VAE, then x_T = q_sample(z, 999)
     posterior, features = _encode(models.sd_vae, x, opts, storage)
-    eps_posterior = noise.draw(tuple(posterior.mean.shape)).to(device=device, dtype=posterior.mean.dtype)
+    # the latent is small: whatever device the encoder left it on, sampling happens on the compute device
+    posterior = DiagonalGaussian(posterior.mean.to(device), posterior.logvar.to(device))
+    eps_posterior = to_device(noise.draw(tuple(posterior.mean.shape)), device).to(posterior.mean.dtype)
     z_lq = (posterior.sample(eps_posterior) * LATENT_SCALE).float()  # [1, 4, h, w]
-    z_start = q_sample_start(z_lq, noise.draw(tuple(z_lq.shape), channels_last=True).to(device))
+    z_start = q_sample_start(z_lq, to_device(noise.draw(tuple(z_lq.shape), channels_last=True), device))
 
     def on_event(event: ProgressEvent) -> None:
         report(ProgressEvent(event.stage, event.step, event.total_steps, event.tile, event.total_tiles,
                              patch, total_patches))
 
     denoiser = Denoiser(models.unet, models.time_encoder, models.context, models.prediction)
-    z0 = sample(denoiser, z_start, z_lq, schedule, noise, latent_tiling(models, opts), on_event)
+    z0 = sample(denoiser, z_start, z_lq, schedule, noise, _fitted_tiling(models, denoiser, opts, z_lq), on_event)
 
     report(ProgressEvent("decode", patch=patch, total_patches=total_patches))
     if models.sd_vae is not models.cfw_vae:  # the CFW features come from the CFW checkpoint's encoder
         _, features = _encode(models.cfw_vae, x, opts, storage)
     x_sr = _decode(models.cfw_vae, (z0 / LATENT_SCALE).to(dtype), features, opts, storage)
-    return apply_color_fix(opts.color_fix, x_sr.float(), x_lq.to(device=device, dtype=torch.float32))
+    # lean tiling leaves the image in storage; three channels at full size are cheap to bring back
+    return apply_color_fix(opts.color_fix, x_sr.to(device).float(), x_lq.to(device=device, dtype=torch.float32))
 
 
-@torch.no_grad()
+def lean_storage_device(opts: UpscaleOptions, device: torch.device) -> torch.device | None:
+    """Where lean VAE tiling keeps full-resolution activations: host memory when computing on an
+    accelerator (device memory then scales with the tile, not the image); None: where they are made."""
+    if opts.vae_tiling is VaeTiling.LEAN and device.type != "cpu":
+        return torch.device("cpu")
+    return None
+
+
+@torch.inference_mode()
 def upscale_tensor(
     img_lq: torch.Tensor,
     models: StableSRModels,
@@ -146,8 +171,9 @@ def upscale_tensor(
             f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
             "use a larger --scale"
         )
-    steps = opts.steps if opts.steps is not None else 200
-    schedule = respaced_schedule(steps)
+    if opts.steps is None or opts.w is None:
+        raise ValueError("options still hold model defaults (None); fill them in with model_facts.resolve_options")
+    schedule = respaced_schedule(opts.steps)
     tiling = latent_tiling(models, opts)
     min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
     x = img_lq.to(torch.float32) * 2.0 - 1.0

@@ -41,6 +41,7 @@ from ..errors import OptionError
 from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
 from ..models.vae_blocks import ResnetBlock
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
+from .tiling import supports_float64
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class _TiledRunner:
         self.tile = tile
         self.device = next(vae.parameters()).device
         self.storage = storage
+        # float64 keeps the merged statistics exact over many tiles; MPS has no float64
+        self.stats_dtype = torch.float64 if supports_float64(self.device) else torch.float32
 
     # --- grids -----------------------------------------------------------------------------------
 
@@ -146,7 +149,7 @@ class _TiledRunner:
         count = 0
         mean = m2 = None
         for box in sources[0].boxes:
-            x = torch.cat([s.read(box, self.device) for s in sources], dim=1).to(torch.float64)
+            x = torch.cat([s.read(box, self.device) for s in sources], dim=1).to(self.stats_dtype)
             x = x.reshape(x.shape[0], groups, -1)
             n = x.shape[-1]
             tile_mean = x.mean(dim=-1)
