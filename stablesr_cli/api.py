@@ -91,8 +91,11 @@ class Upscaler:
         return cls(models, facts)
 
     def resolve_options(self, options: UpscaleOptions | None = None, **overrides) -> UpscaleOptions:
-        """`options` with the model's defaults filled in where they are None (w, steps)."""
-        return resolve_options(options, self.facts, **overrides)
+        from .pipeline.upscale import latent_tiling
+
+        options = resolve_options(options, self.facts, **overrides)
+        latent_tiling(self.models, options)  # refuses tilings this model cannot run (OptionError)
+        return options
 
     def upscale_tensor(
         self, img_lq: torch.Tensor, options: UpscaleOptions | None = None, progress: ProgressCallback | None = None

@@ -39,4 +39,13 @@ class CheckpointMismatchError(CheckpointError):
 
 
 class OptionError(StableSRError):
-    """An option value is out of range or inconsistent with another option."""
+    """An option value is out of range or inconsistent with another option.
+
+    `options` names the parameters the message speaks of, spelled as the Python API spells them
+    (`tile_size`, `device`), so that API users read their own keywords; the CLI shows the same
+    message with its flags (`--tile-size`) in their place.
+    """
+
+    def __init__(self, message: str, *, options: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.options = options

@@ -6,6 +6,8 @@ Standard library only: the CLI imports this before (and without) torch.
 from __future__ import annotations
 
 import math
+import os
+import string
 from dataclasses import dataclass
 from enum import Enum
 
@@ -50,6 +52,14 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+SEED_RANGE = range(0, 2**64)
+"""What torch.Generator.manual_seed accepts without wrapping or overflowing."""
+
+DEFAULT_MAX_OUTPUT_PIXELS = 16384 * 16384
+"""268 megapixels: a 4x upscale of a 16-megapixel photo fits; a 1x20000 strip enlarged to a
+512-pixel short side (5 gigapixels, hundreds of GB of activations) does not."""
+
+
 @dataclass(frozen=True)
 class UpscaleOptions:
     """Everything that decides one upscale. Sizes are in output pixels unless named `latent`."""
@@ -73,30 +83,73 @@ class UpscaleOptions:
     vae_tiling: VaeTiling = VaeTiling.UPSTREAM
     vae_tile_size: int = 1280
     """Pixel patch side for vae_tiling=upstream, tile side for lean (multiple of 32)."""
-    vae_tile_stride: int = 1000
-    """Pixel patch stride for vae_tiling=upstream."""
+    vae_tile_stride: int | None = None
+    """Pixel patch stride for vae_tiling=upstream (ignored otherwise); None: `patch_stride`'s default,
+    which follows vae_tile_size."""
+    max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS
+    """Refuse an image whose output, or the enlarged canvas it is worked on, would have more pixels
+    than this (None: no limit). The memory the work needs is checked against the machine as well."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
-            raise OptionError(f"--scale must be a positive number, got {self.scale}")
+            raise OptionError(f"scale must be a positive number, got {self.scale}", options=("scale",))
         if self.w is not None and not (0.0 <= self.w <= 1.0):
-            raise OptionError(f"--w must be between 0 and 1, got {self.w}")
+            raise OptionError(f"w must be between 0 and 1, got {self.w}", options=("w",))
         if self.steps is not None and not (1 <= self.steps <= 1000):
-            raise OptionError(f"--steps must be between 1 and 1000, got {self.steps}")
+            raise OptionError(f"steps must be between 1 and 1000, got {self.steps}", options=("steps",))
         if self.tile_size is not None and (self.tile_size < 64 or self.tile_size % 8):
-            raise OptionError(f"--tile-size must be a multiple of 8 and at least 64, got {self.tile_size}")
+            raise OptionError(f"tile_size must be a multiple of 8 and at least 64, got {self.tile_size}", options=("tile_size",))
         if self.tile_overlap is not None and (self.tile_overlap < 0 or self.tile_overlap % 8):
-            raise OptionError(f"--tile-overlap must be a non-negative multiple of 8, got {self.tile_overlap}")
+            raise OptionError(f"tile_overlap must be a non-negative multiple of 8, got {self.tile_overlap}", options=("tile_overlap",))
         if self.tile_size is not None and self.tile_overlap is not None and self.tile_overlap >= self.tile_size:
             raise OptionError(
-                f"--tile-overlap ({self.tile_overlap}) must be smaller than --tile-size ({self.tile_size})"
+                f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})",
+                options=("tile_overlap", "tile_size"),
+            )
+        if self.seed not in SEED_RANGE:
+            raise OptionError(f"seed must be between 0 and {SEED_RANGE.stop - 1}, got {self.seed}", options=("seed",))
+        if self.max_output_pixels is not None and self.max_output_pixels < 1:
+            raise OptionError(
+                f"max_output_pixels must be positive (None: no limit), got {self.max_output_pixels}",
+                options=("max_output_pixels",),
             )
         if self.tile_batch is not None and self.tile_batch < 1:
-            raise OptionError(f"--tile-batch must be at least 1, got {self.tile_batch}")
+            raise OptionError(f"tile_batch must be at least 1, got {self.tile_batch}", options=("tile_batch",))
         if self.vae_tile_size < 64 or self.vae_tile_size % 32:
-            raise OptionError(f"--vae-tile-size must be a multiple of 32 and at least 64, got {self.vae_tile_size}")
-        if not (0 < self.vae_tile_stride <= self.vae_tile_size):
+            raise OptionError(f"vae_tile_size must be a multiple of 32 and at least 64, got {self.vae_tile_size}", options=("vae_tile_size",))
+        if self.vae_tiling is VaeTiling.UPSTREAM and not (0 < self.patch_stride <= self.vae_tile_size):
             raise OptionError(
-                f"--vae-tile-stride must be between 1 and --vae-tile-size ({self.vae_tile_size}), "
-                f"got {self.vae_tile_stride}"
+                f"vae_tile_stride must be between 1 and vae_tile_size ({self.vae_tile_size}), got {self.vae_tile_stride}",
+                options=("vae_tile_stride", "vae_tile_size"),
             )
+        if self.vae_tiling is VaeTiling.UPSTREAM and self.tile_size is not None and self.vae_tile_size < self.tile_size:
+            raise OptionError(
+                f"vae_tile_size ({self.vae_tile_size}) must be at least tile_size ({self.tile_size}) "
+                "with vae_tiling upstream: each pixel patch holds whole diffusion tiles",
+                options=("vae_tile_size", "tile_size", "vae_tiling"),
+            )
+
+    @property
+    def patch_stride(self) -> int:
+        """The stride between pixel patches: as given, or upstream's 1000 per 1280 pixels of patch
+        (25/32), so that a smaller vae_tile_size keeps upstream's overlap without a second setting."""
+        if self.vae_tile_stride is not None:
+            return self.vae_tile_stride
+        return self.vae_tile_size * 25 // 32
+
+
+def check_suffix(template: str) -> None:
+    """An output-name suffix may hold literal text and `{scale}`, nothing that leaves the folder.
+
+    Anything else in braces is refused rather than formatted: a format spec such as
+    `{scale:>2000000000}` would build a gigabyte-long name before any file system could refuse it.
+    """
+    separators = {"/", "\\", os.sep, os.altsep or "/", "\0"}
+    if any(character in template for character in separators):
+        raise OptionError(f"--suffix {template!r} may not contain a path separator (or NUL); it is added to file names")
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise OptionError(f"--suffix {template!r} is not a valid name template ({error})") from None
+    if any((name, spec, conversion) != ("scale", "", None) for name, spec, conversion in fields):
+        raise OptionError(f"--suffix {template!r}: only {{scale}} may appear in braces (use {{{{ and }}}} for literal braces)")

@@ -20,19 +20,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise OptionError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise OptionError(f"device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps", options=("device",)) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"--device {name}: this machine has no CUDA GPU usable by PyTorch; use --device cpu")
+            raise OptionError(f"device {name}: this machine has no CUDA GPU usable by PyTorch; use device cpu", options=("device",))
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present (cuda:0..)"
+                f"device {name}: only {torch.cuda.device_count()} CUDA device(s) present (cuda:0..)", options=("device",)
             )
     elif device.type == "mps":
         if not _mps_available():
-            raise OptionError(f"--device {name}: Apple's Metal (MPS) backend is not available here; use --device cpu")
+            raise OptionError(f"device {name}: Apple's Metal (MPS) backend is not available here; use device cpu", options=("device",))
     elif device.type != "cpu":
-        raise OptionError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        raise OptionError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps", options=("device",))
     return device
 
 
@@ -47,9 +47,11 @@ def resolve_dtype(name: str | Precision, device: torch.device) -> torch.dtype:
         precision = Precision(name)
     except ValueError:
         allowed = ", ".join(p.value for p in Precision)
-        raise OptionError(f"--dtype {name!r} is not one of {allowed}") from None
+        raise OptionError(f"dtype {name!r} is not one of {allowed}", options=("dtype",)) from None
     if precision is Precision.AUTO:
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if precision is Precision.FP16 and device.type == "cpu":
-        raise OptionError("--dtype fp16 is not supported on the CPU (too slow and inexact there); use fp32 or bf16")
+        raise OptionError(
+            "dtype fp16 is not supported on the CPU (too slow and inexact there); use fp32 or bf16", options=("dtype",)
+        )
     return _DTYPES[precision]

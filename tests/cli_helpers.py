@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from stablesr_cli.atomic import is_temporary_name
 from stablesr_cli.cli import app
 from stablesr_cli.imaging.io import read_picture, write_picture
 
@@ -108,8 +109,13 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def leftovers(folder: Path) -> list[Path]:
-    """Temporary files an interrupted write could leave (hidden `.name.xxxx.tmp` files)."""
-    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    """Temporary files an interrupted write could leave (hidden `.name.<pid>-xxxx.stablesr.tmp` files)."""
+    return [p for p in folder.rglob("*") if is_temporary_name(p.name) or p.suffix == ".tmp"]
+
+
+def visible_files(folder: Path) -> list[str]:
+    """The names a user sees in `folder` (not the hidden run marker)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 # ----------------------------------------------------------------- running

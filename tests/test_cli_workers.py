@@ -42,7 +42,9 @@ def _folder(root: Path, *, broken: bool = False) -> Path:
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Output files by relative path (not the hidden run marker)."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
 
 
 def _json_lines(path: Path) -> list[dict]:

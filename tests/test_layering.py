@@ -89,7 +89,7 @@ def test_image_files_are_read_and_written_without_torch(path):
     assert not _hits(all_imports(path), ("torch",))
 
 
-LIGHT_MODULES = ["options.py", "errors.py", "progress.py", "atomic.py", "hashing.py", "model_facts.py", "checkpoints/layout.py"]
+LIGHT_MODULES = ["options.py", "errors.py", "progress.py", "atomic.py", "hashing.py", "model_facts.py", "budget.py", "checkpoints/layout.py"]
 
 
 @pytest.mark.parametrize("name", LIGHT_MODULES + [f"store/{p.name}" for p in files("store")])
@@ -115,7 +115,9 @@ def test_verification_never_imports_torch(name):
 
 @pytest.mark.parametrize("path", files("cli"), ids=lambda p: p.name)
 def test_cli_modules_import_no_torch_at_module_level(path):
-    assert not _hits(module_level_imports(path), ("torch", "stablesr_cli.api", "stablesr_cli.pipeline"))
+    # runtime imports torch, imaging imports numpy and PIL: both only once a run needs them
+    heavy = ("torch", "numpy", "PIL", "stablesr_cli.api", "stablesr_cli.pipeline", "stablesr_cli.runtime", "stablesr_cli.imaging")
+    assert not _hits(module_level_imports(path), heavy)
 
 
 @pytest.mark.parametrize("path", files("batch"), ids=lambda p: p.name)

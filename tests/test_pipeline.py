@@ -177,7 +177,7 @@ def test_bfloat16_pipeline_runs_and_follows_float32():
 def test_an_output_of_no_pixels_is_a_clear_error():
     from stablesr_cli.errors import OptionError
 
-    with pytest.raises(OptionError, match=r"a 1x1 image at --scale 0.5 would be 0x0 pixels"):
+    with pytest.raises(OptionError, match=r"a 1x1 image at scale 0.5 would be 0x0 pixels"):
         tiny_upscaler().upscale_tensor(torch.rand(1, 3, 1, 1), dataclasses.replace(BASE, scale=0.5))
 
 

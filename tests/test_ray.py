@@ -45,7 +45,7 @@ def _folder(root: Path) -> Path:
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
 
 @pytest.mark.ray

@@ -19,6 +19,7 @@ from typing import ContextManager, Protocol
 
 from ..atomic import remove_stale_temporaries
 from ..cli.console import Outcome
+from ..cli.batch import outcome_of_plan
 from ..cli.plan import Action, Job, input_identities
 from ..progress import ProgressEvent
 from .devices import WorkerPlan
@@ -126,14 +127,6 @@ class BatchRunner:
         folders = {job.destination.parent for _, job in work if job.destination is not None}
         for folder in folders:
             remove_stale_temporaries(folder)
-
-
-def outcome_of_plan(job: Job) -> Outcome:
-    """What the plan alone says about a job: planned, skipped, or failed with its reason."""
-    from ..cli.console import Status
-
-    status = {Action.UPSCALE: Status.PLANNED, Action.SKIP: Status.SKIPPED, Action.FAIL: Status.FAILED}[job.action]
-    return Outcome(job.label, None if job.source is None else job.destination_label, status, error=job.reason or None)
 
 
 def largest_first(work: list[IndexedJob]) -> list[IndexedJob]:

@@ -13,12 +13,14 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Optional, Protocol
 
 from ..errors import OptionError, OutputPathError, StableSRError
 from ..options import UpscaleOptions
 from ..progress import ProgressEvent
-from ..cli.console import Outcome, Status
+from ..budget import is_out_of_memory
+from ..cli.console import Outcome, Status, cli_message
 from ..cli.plan import Action, FileIdentity, Job, decide
 
 if TYPE_CHECKING:
@@ -49,6 +51,8 @@ class WorkerSettings:
     max_pixels: int | None = None
     skip_existing: bool = False
     overwrite: bool = False
+    output_folder: Path | None = None
+    """The run's --output folder, which gets a run marker with the first image written into it."""
     inputs: frozenset[FileIdentity] = frozenset()
     """Identities of every input of the run: an output path that turns out to be one is refused."""
     threads: int | None = None
@@ -112,6 +116,7 @@ class ImageWorker:
         self.streams = streams
         self.weights_view = weights_view or self._weights_as_notes
         self.upscaler: Upscaler | None = None
+        self.marked = False
 
     # ------------------------------------------------------------ model
 
@@ -132,13 +137,18 @@ class ImageWorker:
                     offline=True if self.settings.offline else None, on_weights_event=view,
                 )  # fmt: skip
         except OptionError as error:
-            raise RunAborted(self.settings.model, str(error), 2) from error
+            raise RunAborted("", cli_message(error), 2) from error
         except StableSRError as error:
             raise RunAborted(self.settings.model, str(error), 1) from error
-        self.options = self.upscaler.resolve_options(self.options)
+        try:  # what only the loaded model can judge (tile sizes its UNet can halve, say) is a usage error
+            self.options = self.upscaler.resolve_options(self.options)
+        except OptionError as error:
+            raise RunAborted("", cli_message(error), 2) from error
+        from ..cli.batch import model_label
+
         threads = f" ({self.settings.threads} threads)" if self.settings.threads else ""
-        device = f"{self.upscaler.device}{threads}"
-        self.note(f"model {self.upscaler.facts.name} on {device}, {self.options.steps} steps, w {self.options.w:g}")
+        label = model_label(self.settings.model, self.upscaler.facts.name)
+        self.note(f"{label} on {self.upscaler.device}{threads}, {self.options.steps} steps, w {self.options.w:g}")
         return self.upscaler
 
     @contextlib.contextmanager
@@ -167,7 +177,7 @@ class ImageWorker:
             else:
                 picture = read_picture(source.path, max_pixels=self.settings.max_pixels)
         except StableSRError as error:
-            return Stage(error=str(error), seconds=time.perf_counter() - started)
+            return Stage(error=cli_message(error), seconds=time.perf_counter() - started)
         return Stage(picture, seconds=time.perf_counter() - started)
 
     def compute(self, job: Job, picture: Picture, progress: Callable[[ProgressEvent], None] | None) -> Stage:
@@ -186,7 +196,7 @@ class ImageWorker:
         try:
             result = upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=on_event))
         except StableSRError as error:
-            return Stage(error=str(error), seconds=time.perf_counter() - started)
+            return Stage(error=cli_message(error), seconds=time.perf_counter() - started)
         except (RuntimeError, MemoryError) as error:
             if not is_out_of_memory(error):
                 raise  # a real bug: let it show its traceback
@@ -199,7 +209,7 @@ class ImageWorker:
         try:
             skipped = self._write(job, result)
         except StableSRError as error:
-            return Stage(error=str(error), seconds=time.perf_counter() - started)
+            return Stage(error=cli_message(error), seconds=time.perf_counter() - started)
         return Stage(skipped, seconds=time.perf_counter() - started)
 
     def process(self, job: Job, progress: Callable[[ProgressEvent], None] | None = None) -> Outcome:
@@ -238,6 +248,11 @@ class ImageWorker:
             raise OutputPathError(
                 f"cannot create output folder {job.destination.parent} ({error.strerror or error})"
             ) from error
+        if self.settings.output_folder is not None and not self.marked:
+            from ..cli.scan import write_run_marker
+
+            write_run_marker(self.settings.output_folder)
+            self.marked = True
         write_picture(result, job.destination, format=fmt, quality=self.settings.quality)
         return None
 
@@ -271,5 +286,3 @@ def outcome_of(job: Job, stages: list[Stage]) -> Outcome:
     )  # fmt: skip
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()

@@ -12,11 +12,14 @@ import typer
 
 from .. import __version__
 from . import weights
+from .helpstyle import ManPageGroup
 from .info import info
-from .upscale import upscale
+from .streams import quiet_when_reader_gone
+from .upscale import EPILOG, upscale
 
 app = typer.Typer(
     name="stablesr",
+    cls=ManPageGroup,  # man-page metavars, usage and reflowing help for every command below
     help="StableSR diffusion super-resolution: upscale photos from the command line.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,11 +45,12 @@ def _root(
     """StableSR diffusion super-resolution: upscale photos from the command line."""
 
 
-app.command(no_args_is_help=True)(upscale)
+app.command(no_args_is_help=True, epilog=EPILOG)(upscale)
 app.command()(info)
 app.add_typer(weights.app, name="weights")
 
 
 def main() -> None:
     """Console-script entry point (`stablesr = stablesr_cli.cli:main`)."""
-    app(prog_name="stablesr")
+    with quiet_when_reader_gone():
+        app(prog_name="stablesr")

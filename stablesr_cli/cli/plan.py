@@ -1,33 +1,34 @@
 """What a `stablesr upscale` run will do, decided before any pixel is touched.
 
-Input expansion (files, directories, globs, `-`), output naming, format choice and the
-skip / overwrite / refuse policy live here as plain functions over paths, so they can be tested
-without a model and so `--dry-run` shows exactly what a real run would do.
-Nothing here reads image content or imports torch; the only file-system access is listing
-folders and asking whether paths exist.
+Output naming, format choice and the skip / overwrite / refuse policy live here as plain
+functions over paths (which inputs, in cli/scan.py), so they can be tested without a model and
+so `--dry-run` shows exactly what a real run would do. Nothing here reads image content or
+imports torch; the only file-system access is listing folders and asking whether paths exist.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from ..errors import OptionError
-from ..options import OutputFormat
-
-STDIO = "-"
-"""The argument that stands for standard input (as INPUT) or standard output (as --output)."""
+from ..options import OutputFormat, check_suffix
+from .scan import (  # noqa: F401  (re-exported: the planner's public vocabulary)
+    IMAGE_EXTENSIONS,
+    STDIO,
+    Expansion,
+    MissingInput,
+    Source,
+    expand_inputs,
+    previous_outputs,
+)
 
 DEFAULT_SUFFIX = "_x{scale}"
 """Appended to the input's name for outputs written next to their inputs."""
 
-
-# Extensions a folder scan or a glob picks up: the formats people keep photos in.
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
 
 _FORMAT_OF_EXTENSION = {
     ".png": OutputFormat.PNG,
@@ -45,47 +46,9 @@ _EXTENSION_OF_FORMAT = {
     OutputFormat.TIFF: ".tiff",
     OutputFormat.BMP: ".bmp",
 }
+_FORMAT_ALIASES = {"jpeg": OutputFormat.JPG, "tif": OutputFormat.TIFF}
 FALLBACK_FORMAT = OutputFormat.PNG
 """For inputs whose extension names no writable format: lossless, keeps alpha and 16 bits."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One image to upscale."""
-
-    path: Path | None
-    """None: standard input."""
-    root: Path | None = None
-    """The folder argument this file was found under; outputs in an --output folder keep the
-    path relative to it, so photos/a/x.png and photos/b/x.png do not collide."""
-    named: bool = True
-    """True when the user named this file directly; False when a folder scan or a glob found it."""
-
-    @property
-    def is_stdin(self) -> bool:
-        return self.path is None
-
-    @property
-    def label(self) -> str:
-        """How messages name this input."""
-        return "<stdin>" if self.path is None else str(self.path)
-
-
-@dataclass(frozen=True)
-class MissingInput:
-    """An INPUT argument that names nothing: reported as a failed image, the rest still runs."""
-
-    argument: str
-    problem: str
-
-
-@dataclass(frozen=True)
-class Expansion:
-    sources: list[Source]
-    missing: list[MissingInput]
-    single: bool
-    """True when exactly one file (or `-`) was named directly: then --output is a file name.
-    A folder or a glob means "several", even when it holds one image."""
 
 
 class Action(str, Enum):
@@ -109,150 +72,12 @@ class Job:
     """Why the job is skipped or failed; empty for UPSCALE."""
     label: str = ""
     """The input as messages name it."""
+    exists: bool = False
+    """A FAIL only because the output already exists (neither --skip-existing nor --overwrite)."""
 
     @property
     def destination_label(self) -> str:
         return "<stdout>" if self.destination is None else str(self.destination)
-
-
-# ------------------------------------------------------------------ inputs
-
-
-def expand_inputs(arguments: Sequence[str], *, recursive: bool) -> Expansion:
-    """Turn INPUT arguments into a de-duplicated, ordered list of image sources.
-
-    An existing path is taken literally (even if its name contains glob characters); otherwise a
-    name with `*`, `?` or `[` is a glob. Explicit files are kept whatever their extension (a bad
-    one fails with a clear message later); folders and globs contribute only image extensions,
-    skipping hidden files (which includes our own in-progress temporary files).
-    """
-    if STDIO in arguments:
-        if len(arguments) > 1:
-            raise OptionError("'-' (standard input) cannot be combined with other inputs")
-        return Expansion(sources=[Source(path=None)], missing=[], single=True)
-
-    sources: list[Source] = []
-    missing: list[MissingInput] = []
-    named_directly = 0
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            sources.extend(_scan_folder(path, recursive=recursive))
-        elif path.exists():
-            sources.append(Source(path=path))
-            named_directly += 1
-        elif glob.has_magic(argument):
-            matched = _expand_glob(argument, recursive=recursive)
-            if not matched:
-                missing.append(MissingInput(argument, "no image matches this pattern"))
-            sources.extend(matched)
-        else:
-            missing.append(MissingInput(argument, "no such file or folder"))
-    single = named_directly == 1 and len(arguments) == 1
-    return Expansion(sources=_unique(sources), missing=missing, single=single)
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def _scan_folder(folder: Path, *, recursive: bool) -> list[Source]:
-    found: list[Path] = []
-    if recursive:
-        for directory, subdirs, files in os.walk(folder):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            found.extend(Path(directory) / name for name in files)
-    else:
-        found.extend(entry for entry in folder.iterdir() if entry.is_file())
-    images = sorted((p for p in found if _is_image_name(p)), key=_natural_key)
-    return [Source(path=p, root=folder, named=False) for p in images]
-
-
-def _expand_glob(pattern: str, *, recursive: bool) -> list[Source]:
-    sources: list[Source] = []
-    for match in sorted((Path(m) for m in glob.glob(pattern, recursive=recursive)), key=_natural_key):
-        if match.is_dir():
-            sources.extend(_scan_folder(match, recursive=recursive))
-        elif _is_image_name(match):
-            sources.append(Source(path=match, named=False))
-    return sources
-
-
-def _natural_key(path: Path) -> tuple:
-    """img2 before img10, as people number their files."""
-    parts = []
-    for chunk in _split_digits(str(path)):
-        parts.append((0, int(chunk), "") if chunk.isdigit() else (1, 0, chunk.casefold()))
-    return tuple(parts)
-
-
-def _split_digits(text: str) -> list[str]:
-    chunks: list[str] = []
-    for char in text:
-        if chunks and chunks[-1][-1].isdigit() == char.isdigit():
-            chunks[-1] += char
-        else:
-            chunks.append(char)
-    return chunks
-
-
-def _unique(sources: Iterable[Source]) -> list[Source]:
-    """Keep the first mention of each file (e.g. `photos/ photos/a.png`)."""
-    seen: set[str] = set()
-    kept: list[Source] = []
-    for source in sources:
-        key = os.path.normcase(os.path.realpath(source.path)) if source.path else STDIO
-        if key not in seen:
-            seen.add(key)
-            kept.append(source)
-    return kept
-
-
-def drop_previous_outputs(sources: Sequence[Source], *, suffix: str, output_folder: Path | None) -> list[Source]:
-    """Leave out files that an earlier run of this same command wrote.
-
-    Without this, re-running `stablesr upscale photos/` (e.g. to resume with --skip-existing)
-    would upscale last run's `a_x4.png` into `a_x4_x4.png`. Only files found by scanning a folder
-    or a glob are considered (an explicitly named file is always processed): one is dropped when
-    it lies inside an --output folder nested in the scanned folder, or when its name is another
-    scanned image's name plus `suffix`.
-    """
-    scanned_stems = {
-        (source.path.parent, source.path.stem)
-        for source in sources
-        if source.path is not None
-    }
-    output_real = os.path.realpath(output_folder) if output_folder is not None else None
-    kept: list[Source] = []
-    for source in sources:
-        if source.path is None or source.named:
-            kept.append(source)
-            continue
-        if output_real is not None and _output_folder_nested_in_scan(source, output_real):
-            continue
-        stem = source.path.stem
-        if suffix and stem.endswith(suffix) and (source.path.parent, stem[: -len(suffix)]) in scanned_stems:
-            continue
-        kept.append(source)
-    return kept
-
-
-def _output_folder_nested_in_scan(source: Source, output_real: str) -> bool:
-    """True when `source` lies in an --output folder that sits *below* the folder being scanned
-    (photos/ -o photos/big/). An output folder equal to the scanned one holds the inputs
-    themselves; those are kept and the overwrite policy deals with them."""
-    if source.root is None or source.path is None:
-        return False
-    root_real = os.path.realpath(source.root)
-    return (
-        output_real != root_real
-        and _is_within(output_real, root_real)
-        and _is_within(os.path.realpath(source.path), output_real)
-    )
-
-
-def _is_within(path: str, folder: str) -> bool:
-    return os.path.commonpath([path, folder]) == folder
 
 
 # ----------------------------------------------------------------- outputs
@@ -260,12 +85,24 @@ def _is_within(path: str, folder: str) -> bool:
 
 def expand_suffix(template: str, scale: float) -> str:
     """`_x{scale}` -> `_x4` for 4.0, `_x2.5` for 2.5."""
+    check_suffix(template)
     try:
         return template.format(scale=f"{scale:g}")
     except (KeyError, IndexError, ValueError) as error:
         raise OptionError(
             f"--suffix {template!r} is not a valid name template (only {{scale}} may appear in braces)"
         ) from error
+
+
+def parse_format(text: str) -> OutputFormat:
+    """A --format value: png, jpg, webp, tiff or bmp, any case, also jpeg and tif."""
+    word = text.strip().lower().lstrip(".")
+    try:
+        return _FORMAT_ALIASES.get(word) or OutputFormat(word)
+    except ValueError:
+        raise OptionError(
+            f"--format {text}: not a format stablesr writes; choose png, jpg (or jpeg), webp, tiff (or tif) or bmp"
+        ) from None
 
 
 def format_of_name(path: Path | str) -> OutputFormat | None:
@@ -307,7 +144,14 @@ def output_folder_of(request: OutputRequest, expansion: Expansion) -> Path | Non
         return None
     target = Path(request.output)
     names_a_folder = target.is_dir() or request.output.endswith(("/", os.sep))
-    if names_a_folder or not expansion.single:
+    if names_a_folder:
+        return target
+    if not expansion.single:
+        if format_of_name(target) is not None:
+            raise OptionError(
+                f"-o {request.output}: several inputs need an output folder, and this looks like a file name; "
+                "give a folder (a name ending in /)"
+            )
         return target
     return None
 
@@ -326,7 +170,8 @@ def plan_jobs(expansion: Expansion, request: OutputRequest) -> list[Job]:
         raise OptionError("--skip-existing and --overwrite contradict each other; pass one of them")
     output_folder = output_folder_of(request, expansion)
     suffix = effective_suffix(request, output_folder)
-    sources = drop_previous_outputs(expansion.sources, suffix=suffix, output_folder=output_folder)
+    earlier = {id(s) for s in previous_outputs(expansion.sources, suffix=suffix, output_folder=output_folder)}
+    sources = [s for s in expansion.sources if id(s) not in earlier]
 
     jobs: list[Job] = [
         Job(source=None, destination=None, format=None, action=Action.FAIL, reason=m.problem, label=m.argument)
@@ -340,14 +185,31 @@ def plan_jobs(expansion: Expansion, request: OutputRequest) -> list[Job]:
 
     inputs = input_identities(sources)
     claimed: set[str] = set()
+    told_how = False
     for source in sources:
         destination, fmt = _destination(source, request, output_folder, suffix)
         destination = _unclaimed(destination, claimed)
         action, reason = decide(
             destination, inputs=inputs, skip_existing=request.skip_existing, overwrite=request.overwrite
         )
-        jobs.append(Job(source, destination, fmt, action, reason, label=source.label))
+        exists = action is Action.FAIL and _is_existing_output(destination, inputs)
+        if exists and told_how:  # the first such message names both flags; the others need not
+            reason = f"output {destination} already exists"
+        told_how = told_how or exists
+        jobs.append(Job(source, destination, fmt, action, reason, label=source.label, exists=exists))
     return jobs
+
+
+def left_out_as_earlier_outputs(expansion: Expansion, request: OutputRequest) -> list[Source]:
+    """The scanned files `plan_jobs` leaves out as results of earlier runs (for the run to say so)."""
+    output_folder = output_folder_of(request, expansion)
+    suffix = effective_suffix(request, output_folder)
+    return previous_outputs(expansion.sources, suffix=suffix, output_folder=output_folder)
+
+
+def _is_existing_output(destination: Path, inputs: frozenset[FileIdentity]) -> bool:
+    existing = identity(destination)
+    return existing is not None and existing not in inputs and not destination.is_dir()
 
 
 def input_identities(sources: Iterable[Source]) -> frozenset[FileIdentity]:
@@ -368,12 +230,11 @@ def _destination(
     if output_folder is None and request.output is not None:  # one input, an output file name
         target = Path(request.output)
         named = format_of_name(target)
-        if request.format is not None and named is not None and named != request.format:
+        if named is None:
+            raise OptionError(_unknown_extension(request.output))
+        if request.format is not None and named != request.format:
             raise OptionError(f"--format {request.format.value} does not match the extension of {target}")
-        if named is not None or request.format is not None:
-            return target, request.format or named
-        _, fmt = output_extension(source.path, None)
-        return target, fmt
+        return target, named
     if source.path is None:  # stdin into a folder
         extension, fmt = output_extension(None, request.format)
         return output_folder / f"stdin{suffix}{extension}", fmt  # type: ignore[operator]
@@ -383,6 +244,16 @@ def _destination(
         return source.path.with_name(name), fmt
     relative_folder = source.path.parent.relative_to(source.root) if source.root else Path()
     return output_folder / relative_folder / name, fmt
+
+
+def _unknown_extension(output: str) -> str:
+    extension = Path(output).suffix
+    if not extension:
+        return (
+            f"-o {output}: an output file name needs an image extension ({output}.png); "
+            f"to write into a folder, end its name with / ({output}/)"
+        )
+    return f"-o {output}: {extension} is not an image extension stablesr writes; use .png, .jpg, .webp, .tif or .bmp"
 
 
 def _unclaimed(destination: Path, claimed: set[str]) -> Path:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import budget
 from ..errors import OptionError
 from ..models.autoencoder import LATENT_SCALE, DiagonalGaussian
 from ..options import UpscaleOptions, VaeTiling
@@ -57,6 +58,11 @@ class StableSRModels:
         return self.cfw_vae.config.downscale
 
     @property
+    def unet_downscale(self) -> int:
+        """How many times smaller the UNet's deepest level is than its input tile."""
+        return self.unet.config.downscale
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
@@ -66,9 +72,11 @@ class StableSRModels:
 
 
 def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
+    """The diffusion tiling the options ask for, checked against this model's networks."""
     down = models.vae_downscale
     tile = opts.tile_size // down if opts.tile_size else models.native_tile
-    overlap = tile // 2 if opts.tile_overlap is None else min(opts.tile_overlap // down, tile - 1)
+    overlap = tile // 2 if opts.tile_overlap is None else opts.tile_overlap // down
+    check_tiling(models, opts, tile, overlap)
     return LatentTiling(tile=tile, overlap=overlap, batch=opts.tile_batch or 1)
 
 
@@ -85,6 +93,36 @@ def _fitted_tiling(models: StableSRModels, denoiser: Denoiser, opts: UpscaleOpti
         len(latent_tiles(height, width, tiling.tile, tiling.overlap)), models.device, models.dtype, id(models.unet),
     )  # fmt: skip
     return dataclasses.replace(tiling, batch=batch)
+
+
+def check_tiling(models: StableSRModels, opts: UpscaleOptions, tile: int, overlap: int) -> None:
+    """Refuse tilings this model cannot run, before any work: what the options alone cannot know.
+
+    The UNet halves a tile once per level and concatenates skips on the way back up, so a latent
+    tile side must divide by 2^(levels - 1) (8 latent, 64 pixels for SD 2.x); upstream pixel
+    patches smaller than a tile would get latent sides that do not.
+    """
+    down = models.vae_downscale
+    tile_px, multiple = tile * down, down * models.unet_downscale
+    named = f"tile_size {tile_px}" if opts.tile_size else f"the model's tile size ({tile_px})"
+    if tile % models.unet_downscale:
+        below = max(multiple, tile_px // multiple * multiple)
+        raise OptionError(
+            f"tile_size {tile_px} does not suit this model: its UNet halves a tile "
+            f"{models.unet_downscale.bit_length() - 1} times, so tiles must be multiples of {multiple} pixels "
+            f"(try {below} or {below + multiple})",
+            options=("tile_size",),
+        )
+    if overlap >= tile:
+        raise OptionError(
+            f"tile_overlap ({opts.tile_overlap}) must be smaller than {named}", options=("tile_overlap", "tile_size")
+        )
+    if opts.vae_tiling is VaeTiling.UPSTREAM and opts.vae_tile_size < tile_px:
+        raise OptionError(
+            f"vae_tile_size ({opts.vae_tile_size}) must be at least {named} with vae_tiling upstream: "
+            "each pixel patch holds whole diffusion tiles",
+            options=("vae_tile_size", "tile_size", "vae_tiling"),
+        )
 
 
 def _encode(vae: nn.Module, x: torch.Tensor, opts: UpscaleOptions, storage: torch.device | None):
@@ -153,6 +191,26 @@ def lean_storage_device(opts: UpscaleOptions, device: torch.device) -> torch.dev
     return None
 
 
+
+
+def check_budget(height: int, width: int, models: StableSRModels, opts: UpscaleOptions, tiling: LatentTiling) -> None:
+    """Refuse, before allocating anything, an image over --max-output-pixels or beyond this machine's memory."""
+    sizes = budget.work_sizes(height, width, opts, tiling.tile * models.vae_downscale)
+    vae, unet = models.cfw_vae.config, models.unet.config
+    shapes = budget.NetworkShapes(
+        vae_level_channels=vae.level_channels, vae_feature_levels=vae.feature_levels,
+        unet_level_channels=tuple(unet.model_channels * m for m in unet.channel_mult),
+        unet_res_blocks=unet.num_res_blocks, latent_channels=unet.in_channels,
+    )  # fmt: skip
+    device = models.device
+    accelerator = device.type != "cpu"
+    estimate = budget.estimate_memory(
+        sizes, shapes, opts, dtype_bytes=torch.finfo(models.dtype).bits // 8, accelerator=accelerator
+    )
+    device_limit = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    budget.check_fits(sizes, estimate, opts, host_limit=budget.machine_memory(), device_limit=device_limit)
+
+
 @torch.inference_mode()
 def upscale_tensor(
     img_lq: torch.Tensor,
@@ -168,13 +226,15 @@ def upscale_tensor(
     target_hw = (int(height * opts.scale), int(width * opts.scale))
     if min(target_hw) < 1:
         raise OptionError(
-            f"a {width}x{height} image at --scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
-            "use a larger --scale"
+            f"a {width}x{height} image at scale {opts.scale:g} would be {target_hw[1]}x{target_hw[0]} pixels; "
+            "use a larger scale",
+            options=("scale",),
         )
     if opts.steps is None or opts.w is None:
         raise ValueError("options still hold model defaults (None); fill them in with model_facts.resolve_options")
-    schedule = respaced_schedule(opts.steps)
     tiling = latent_tiling(models, opts)
+    check_budget(height, width, models, opts, tiling)
+    schedule = respaced_schedule(opts.steps)
     min_side = tiling.tile * models.vae_downscale  # small inputs are enlarged to at least one tile
     x = img_lq.to(torch.float32) * 2.0 - 1.0
     x, _ = preprocess.prepare_input(x, opts.scale, min_side)  # enlarged by s = max(min_side / short side, scale)
@@ -184,7 +244,7 @@ def upscale_tensor(
 
     split = opts.vae_tiling is VaeTiling.UPSTREAM and max(padded_h, padded_w) > opts.vae_tile_size
     if split:  # upstream's pixel patches: each one a complete run, blended with Gaussian weights
-        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.vae_tile_stride)
+        patches = pixel_patches(padded_h, padded_w, opts.vae_tile_size, opts.patch_stride)
     else:
         patches = [Tile(0, 0, padded_h, padded_w)]
     if len(patches) == 1:
