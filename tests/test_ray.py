@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import FAST, error_lines, gradient, invoke, leftovers
 from stablesr_cli.batch.work import CRASH_HOOK, CRASH_ONCE_MARKER
 
-IMAGES = 5
+IMAGES = 4
 
 
 @pytest.fixture(autouse=True)
