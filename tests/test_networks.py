@@ -24,7 +24,7 @@ def test_batch_of_two_equals_two_singles():
 
 
 def test_bfloat16_follows_float32():
-    """Reduced precision stays close to float32 (attention and GroupNorm are computed in float32)."""
+    """Reduced precision stays close to float32."""
     m = tiny_models()
     z, t, ctx = inputs(2)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointMismatchError
+from ..models.layout import prepare_for_inference
 
 _SHOW = 10
 
@@ -45,9 +46,9 @@ def load_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, *,
 
 def _build(factory, sd: Mapping[str, torch.Tensor], what: str, device, dtype) -> nn.Module:
     with torch.device("meta"):
-        module = factory()
+        module = factory().to(dtype)  # so weights are cast once, straight to the target dtype
     load_strict(module, sd, what)
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return prepare_for_inference(module.to(device=device, dtype=dtype).eval().requires_grad_(False))
 
 
 def build_unet(sd: Mapping[str, torch.Tensor], *, num_head_channels: int = 64, device="cpu", dtype=torch.float32):

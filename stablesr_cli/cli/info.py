@@ -28,6 +28,7 @@ class DeviceReport:
     devices: list[dict[str, Any]] = field(default_factory=list)
     default_device: str = "cpu"
     default_dtype: str = "fp32"
+    default_dtype_reason: str = ""
     threads: int = 1
 
 
@@ -43,7 +44,7 @@ class WeightsReport:
 def _device_report() -> DeviceReport:
     import torch
 
-    from ..runtime import resolve_device, resolve_dtype
+    from ..runtime import auto_dtype, resolve_device
 
     devices = []
     if torch.cuda.is_available():
@@ -54,7 +55,7 @@ def _device_report() -> DeviceReport:
                  "capability": f"{props.major}.{props.minor}", "bf16": torch.cuda.is_bf16_supported()}
             )  # fmt: skip
     default = resolve_device("auto")
-    dtype = resolve_dtype("auto", default)
+    dtype, reason = auto_dtype(default)
     return DeviceReport(
         torch=torch.__version__,
         cuda_available=torch.cuda.is_available(),
@@ -62,6 +63,7 @@ def _device_report() -> DeviceReport:
         devices=devices,
         default_device=str(default),
         default_dtype={torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype],
+        default_dtype_reason=reason,
         threads=torch.get_num_threads(),
     )
 
@@ -123,7 +125,7 @@ def _print_tables(console: Console, facts: dict[str, Any], devices: DeviceReport
     about.add_row("CUDA", f"{devices.cuda_version} available" if devices.cuda_available else "not available")
     for device in devices.devices:
         about.add_row(device["device"], f"{device['name']}, {device['memory_gib']} GiB, compute {device['capability']}")
-    about.add_row("default", f"--device auto = {devices.default_device}, --dtype auto = {devices.default_dtype}")
+    about.add_row("default", f"--device auto = {devices.default_device}, --dtype auto = {devices.default_dtype} ({devices.default_dtype_reason})")
     about.add_row("weights cache", facts["cache_dir"] + ("  (offline)" if facts["offline"] else ""))
     about.add_row("download cache", facts["hub_cache_dir"])
     console.print(about)

@@ -140,10 +140,10 @@ def upscale(
         ),
     ] = "turbo",
     device: Annotated[
-        str, typer.Option(metavar="auto|cpu|cuda|cuda:N", help="Where to compute; auto: the first GPU if there is one.", rich_help_panel=HARDWARE)
+        str, typer.Option(metavar="auto|cpu|cuda|cuda:N|mps", help="Where to compute; auto: the first GPU if there is one.", rich_help_panel=HARDWARE)
     ] = "auto",
     dtype: Annotated[
-        str, typer.Option(metavar=_choices(Precision), help="Compute precision; auto: fp16 on a GPU, fp32 on the CPU.", rich_help_panel=HARDWARE)
+        str, typer.Option(metavar=_choices(Precision), help="Compute precision; auto: fp16 on a GPU; on a CPU bf16 where it has bf16 matrix instructions (AMX, AVX512-BF16), else fp32.", rich_help_panel=HARDWARE)
     ] = Precision.AUTO.value,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; fail if they are missing.", rich_help_panel=HARDWARE)] = False,
     # ------------------------------------------------------------------ Tiling and memory

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cfw import FusionLayer
+from .layout import to_compute_layout, uses_channels_last
 from .vae_blocks import GROUPNORM_GROUPS, ResnetBlock, vae_group_norm
 
 LATENT_SCALE = 0.18215  # SD VAE scaling factor: sampler latent = LATENT_SCALE * raw posterior value
@@ -91,6 +92,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
         h = self.norm(x)
+        if uses_channels_last(h.dtype):  # channels_last: the [B, 1, H*W, C] tokens are views, both ways
+            out = F.scaled_dot_product_attention(*(self._tokens_last(p(h)) for p in (self.q, self.k, self.v)))
+            return x + self.proj_out(out.view(b, height, width, c).permute(0, 3, 1, 2))
 
         def tokens(t: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 1, H*W, C]
             # contiguous: on CPU, SDPA falls back to the math path (an (HW)^2 logits tensor, 2.3 GB at a
@@ -101,6 +105,11 @@ class AttnBlock(nn.Module):
         out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         out = out.transpose(2, 3).reshape(b, c, height, width)
         return x + self.proj_out(out)
+
+    @staticmethod
+    def _tokens_last(t: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = t.shape
+        return to_compute_layout(t).permute(0, 2, 3, 1).reshape(b, 1, height * width, c)
 
 
 class Downsample(nn.Module):
@@ -266,7 +275,7 @@ class Autoencoder(nn.Module):
 
     def encode_with_features(self, x: torch.Tensor) -> tuple[DiagonalGaussian, list[torch.Tensor]]:
         """Posterior of image x in [-1, 1] plus the encoder features the CFW decoder fuses."""
-        moments, features = self.encoder(x)
+        moments, features = self.encoder(to_compute_layout(x))
         return DiagonalGaussian.from_moments(self.quant_conv(moments)), features
 
     def decode(self, z_raw: torch.Tensor, enc_features: list[torch.Tensor] | None = None, w: float = 0.0) -> torch.Tensor:
@@ -275,4 +284,4 @@ class Autoencoder(nn.Module):
         `w` is the CFW fidelity weight (upstream `--dec_w`); it is ignored by a plain SD decoder. With w == 0
         the fusion layers are not run: upstream computes dec + 0*e, identical unless e is non-finite.
         """
-        return self.decoder(self.post_quant_conv(z_raw), enc_features, float(w))
+        return self.decoder(self.post_quant_conv(to_compute_layout(z_raw)), enc_features, float(w))

@@ -22,6 +22,11 @@ class GroupNorm32(nn.GroupNorm):
         super().__init__(GROUPS, channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16:
+            # the CPU and CUDA GroupNorm kernels accumulate bf16 statistics in float32 already, and
+            # bf16 has float32's range: the upcast would only add two full-size copies per norm
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        # float32: a no-op; float16: upstream's upcast (its range is too small for the statistics)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
@@ -63,13 +68,14 @@ class Upsample(nn.Module):
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over [B, T, heads*d] tokens; heads are contiguous d-wide chunks.
 
-    Half-precision inputs are attended in float32: SD 2.x logits overflow fp16 (ComfyUI's SD20
-    `attn_precision`; upstream's `CrossAttention` in `ldm/modules/attention.py` computes them in fp16 without upcast).
+    float16 inputs are attended in float32: SD 2.x logits overflow fp16 (ComfyUI's SD20
+    `attn_precision`; upstream's `CrossAttention` in `ldm/modules/attention.py` computes them in fp16 without upcast). bfloat16 has float32's range
+    and the fused kernels accumulate its softmax and products in float32, so it stays bfloat16.
     """
     b, tq, c = q.shape
     d = c // heads
     dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
+    if dtype == torch.float16:
         q, k, v = q.float(), k.float(), v.float()
     q = q.view(b, tq, heads, d).transpose(1, 2)
     k = k.view(b, k.shape[1], heads, d).transpose(1, 2)

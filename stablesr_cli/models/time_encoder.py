@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ResBlock, Stage
 from .layers import Downsample, GroupNorm32, timestep_embedding
+from .layout import to_compute_layout, uses_channels_last
 
 
 @dataclass(frozen=True)
@@ -48,21 +50,40 @@ class LegacyAttention(nn.Module):
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if uses_channels_last(x.dtype) and x.ndim == 4:
+            return self._forward_tokens_last(x)
         b, c, *spatial = x.shape
         tokens = x.reshape(b, c, -1)  # [B, C, T]
         qkv = self.qkv(self.norm(tokens))  # [B, 3C, T]
         d = c // self.heads
         q, k, v = qkv.reshape(b, self.heads, 3 * d, -1).split(d, dim=2)  # each [B, H, d, T]
         dtype = q.dtype
-        if dtype in (torch.float16, torch.bfloat16):  # upstream softmaxes in float32
+        if dtype == torch.float16:  # upstream softmaxes in float32
             q, k, v = q.float(), k.float(), v.float()
-        # 4-D [B, H, T, d] inputs reach the fused kernels (on the CPU, 3-D ones take the slow path
-        # that materialises the whole T x T matrix)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )  # [B, H, T, d]
-        out = out.transpose(-1, -2).reshape(b, c, -1).to(dtype)
+        # float32 keeps this path and its exact numbers: the transposed inputs have a strided last
+        # dimension, so CPU SDPA runs its reference (math) kernel here
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, -1).to(dtype)  # [B, C, T]
         return (tokens + self.proj_out(out)).reshape(b, c, *spatial)
+
+    def _forward_tokens_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same attention on channels_last [B, C, h, w] input, with tokens as [B, T, C] views.
+
+        The 1x1 Conv1d projections become matmuls on the token rows, and q, k, v come out as
+        [B, H, T, d] views with unit stride in d, which the fused SDPA kernel takes without a copy
+        (it accumulates in float32; bf16 needs no upcast, float16 gets one as above).
+        """
+        b, c, height, width = x.shape
+        d = c // self.heads
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, height * width, c)  # a view
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # [B, T, 3C], per head [q_h, k_h, v_h]
+        q, k, v = qkv.view(b, -1, self.heads, 3 * d).transpose(1, 2).split(d, dim=-1)  # each [B, H, T, d]
+        dtype = q.dtype
+        if dtype == torch.float16:
+            q, k, v = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(q, k, v).to(dtype)  # [B, H, T, d]
+        out = F.linear(out.transpose(1, 2).reshape(b, -1, c), self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        return x + out.view(b, height, width, c).permute(0, 3, 1, 2)  # channels_last, like x
 
 
 class TimeAwareEncoder(nn.Module):
@@ -98,7 +119,7 @@ class TimeAwareEncoder(nn.Module):
         """z_lq [B,4,h,w] scaled LR latent, t [B] the UNet's (original) timestep -> one map per level."""
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(z_lq.dtype))
         kept: list[torch.Tensor] = []
-        h = z_lq
+        h = to_compute_layout(z_lq)
         for index, stage in enumerate(self.input_blocks):
             h = stage(h, emb)
             if index in self.tapped_blocks:

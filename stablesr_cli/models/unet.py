@@ -10,6 +10,7 @@ from torch import nn
 
 from .blocks import ResBlock, Stage
 from .layers import Downsample, GroupNorm32, Upsample, multi_head_attention, timestep_embedding
+from .layout import to_compute_layout
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)  # [B, h*w, C], row-major
+        # [B, h*w, C], row-major; a view when x is channels_last, and the way back below is one too
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
@@ -167,7 +169,7 @@ class UNet(nn.Module):
         """z_t [B,4,h,w], t [B] original timesteps, context [B,L,context_dim],
         structure: one [B,sft_in,·,·] map per level from the time-aware encoder -> eps or v [B,4,h,w]."""
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(z_t.dtype))
-        h, skips = z_t, []
+        h, skips = to_compute_layout(z_t), []
         for stage, level in zip(self.input_blocks, self.input_levels):
             h = stage(h, emb, context, structure[level])
             skips.append(h)

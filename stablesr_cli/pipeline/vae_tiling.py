@@ -172,11 +172,13 @@ class _TiledRunner:
         def apply(x: torch.Tensor) -> torch.Tensor:
             b, c = x.shape[:2]
             groups = norm.num_groups
-            xg = x.float().reshape(b, groups, c // groups, *x.shape[2:])
-            m = mean.float().reshape(b, groups, 1, 1, 1)
-            r = rstd.float().reshape(b, groups, 1, 1, 1)
-            y = ((xg - m) * r).reshape(x.shape) * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
-            return F.silu(y).to(x.dtype)
+            # one float32 copy of the window, then in place: the same operations in the same order as
+            # ((x - m) * r) * weight + bias, without four more window-sized float32 temporaries
+            y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+            yg = y.view(b, groups, c // groups, *x.shape[2:])
+            yg.sub_(mean.float().reshape(b, groups, 1, 1, 1)).mul_(rstd.float().reshape(b, groups, 1, 1, 1))
+            y.mul_(norm.weight.float().view(1, c, 1, 1)).add_(norm.bias.float().view(1, c, 1, 1))
+            return F.silu(y, inplace=True).to(x.dtype)
 
         return apply
 
