@@ -222,7 +222,7 @@ def upscale(
         bool,
         typer.Option(
             "--ray", rich_help_panel=WORKERS,
-            help="Run on Ray Data (pip install \"stablesr[ray]\"): --ray alone starts Ray on this machine; "
+            help="Run on Ray Data (pip install \"stablesr\\[ray]\"): --ray alone starts Ray on this machine; "
             "--ray auto joins this node's cluster, --ray ray://HOST:PORT a remote one. Inputs and outputs must be on "
             "a filesystem every node sees.",
         ),
