@@ -24,6 +24,18 @@ def offline(isolated, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # every worker and the single process compute alike
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The run in this process computes with one thread, as each worker does: PyTorch's CPU sums
+    depend on the thread count, and the outputs are compared byte for byte."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model(tiny_model_dir) -> list[str]:
     return ["--model", str(tiny_model_dir), *FAST]
