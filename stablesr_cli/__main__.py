@@ -1,3 +1,5 @@
 from .cli import main
 
-main()
+# Guarded: worker processes are spawned, and spawning re-imports the main module of the parent.
+if __name__ == "__main__":
+    main()

@@ -120,6 +120,13 @@ def test_cli_modules_import_no_torch_at_module_level(path):
     assert not _hits(module_level_imports(path), heavy)
 
 
+@pytest.mark.parametrize("path", files("batch"), ids=lambda p: p.name)
+def test_batch_modules_import_no_torch_and_no_ray_at_module_level(path):
+    """The CLI imports the runner at start-up; Ray is an optional extra, torch loads in the workers."""
+    forbidden = ("torch", "ray", "numpy", "stablesr_cli.api", "stablesr_cli.pipeline", "stablesr_cli.models")
+    assert not _hits(module_level_imports(path), forbidden)
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys; from stablesr_cli.cli import app; from typer.testing import CliRunner; "

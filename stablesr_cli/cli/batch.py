@@ -1,7 +1,8 @@
 """Carrying out a planned `stablesr upscale` run (its --dry-run twin is cli/preflight.py).
 
-`Report` says what happened to each image (human lines and/or JSON lines); `Batch` runs the
-jobs with one model, loaded when the first image needs it. torch is imported only then.
+`Report` says what happened to each image (human lines and/or JSON lines); `Batch` hands the
+jobs to the runner of stablesr_cli/batch/ and is its sink (progress, messages, standard streams).
+torch is imported only by the workers, when a first image needs the model.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ import dataclasses
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from rich.console import Console
 
-from ..budget import is_out_of_memory
-from ..errors import OptionError, OutputPathError, PromptTruncatedWarning, StableSRError
-from ..options import Precision, Sampler, UpscaleOptions
+from ..options import Precision, UpscaleOptions
 from .console import (
     PROGRAM,
     JsonLines,
@@ -27,21 +25,20 @@ from .console import (
     Outcome,
     RunProgress,
     Status,
-    cli_message,
     error_line,
     format_seconds,
     print_line,
     print_summary,
     progress_interval,
 )
-from .plan import Action, Job, decide, input_identities
+from .plan import Action, Job
 from .signals import exit_code_of, remove_temporaries_of_killed_runs
 from .streams import EXIT_CLOSED_PIPE, LogWriteError, ReaderGone, write_image_bytes
-from .scan import write_run_marker
 
 if TYPE_CHECKING:
-    from ..api import Upscaler
-    from ..imaging.io import Picture
+    from ..batch.runner import Backend
+    from ..progress import ProgressEvent
+    from .downloads import DownloadView
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -142,48 +139,47 @@ class WriteChoice:
 
 
 class Batch:
-    """Runs the planned jobs in order with one model, loaded when the first image needs it."""
+    """Runs the planned jobs on a backend of stablesr_cli/batch/ and reports every image."""
 
     def __init__(
         self, jobs: list[Job], options: UpscaleOptions, report: Report, model: ModelChoice, write: WriteChoice,
-        *, max_pixels: int | None, stdout: BinaryIO,
+        *, max_pixels: int | None, stdout: BinaryIO, backend: Backend | None = None,
     ) -> None:  # fmt: skip
+        from ..batch.runner import Backend
+        from ..batch.work import WorkerSettings
+
         self.jobs = jobs
-        self.options = options
         self.report = report
-        self.choice = model
-        self.write = write
-        self.max_pixels = max_pixels
         self.stdout = stdout
-        self.inputs = input_identities(j.source for j in jobs if j.source is not None)
-        self.upscaler: Upscaler | None = None
-        self.marked = False
+        self.backend = backend or Backend()
         terminal = report.console.is_terminal
         report.live = report.chatty and terminal
+        self.settings = WorkerSettings(
+            model=model.model, device=model.device, dtype=model.dtype.value, offline=model.offline, options=options,
+            quality=write.quality, max_pixels=max_pixels, skip_existing=write.skip_existing, overwrite=write.overwrite,
+            output_folder=write.output_folder, progress=report.chatty,
+        )  # fmt: skip
         self.progress = RunProgress(
             report.console, total_images=sum(j.action is Action.UPSCALE for j in jobs), bars=report.live,
             lines=report.chatty and not terminal, interval=progress_interval(),
         )  # fmt: skip
 
     def run(self) -> int:
+        from ..batch.runner import BatchRunner
+        from ..batch.work import RunAborted
+
         started = time.perf_counter()
         stop: KeyboardInterrupt | None = None
         try:
             remove_temporaries_of_killed_runs(j.destination.parent for j in self.jobs if j.destination is not None)
             with self.progress.shown():
-                for job in self.jobs:
-                    if job.action is not Action.UPSCALE:
-                        self.report.add(outcome_of_plan(job))
-                        continue
-                    self.progress.start_image(job.label)
-                    self.report.add(self._upscale(job))
-                    self.progress.finish_image()
+                BatchRunner(self.jobs, self.settings, self, self.backend, streams=self).run()
         except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (signals.Terminated)
-            # The image in flight is lost; its temporary file was removed by the atomic writer.
+            # The images in flight are lost; their temporary files were removed by the atomic writer.
             stop = interruption
         except ReaderGone:
             return EXIT_CLOSED_PIPE  # like shell tools: no message, the reader asked for no more
-        except _RunAborted as aborted:
+        except RunAborted as aborted:
             print_line(self.report.console, error_line(aborted.subject, aborted.problem), style="red")
             return aborted.exit_code
         except LogWriteError as error:  # the run's record is incomplete: stop rather than go on unrecorded
@@ -194,106 +190,34 @@ class Batch:
             return exit_code_of(stop)
         return EXIT_FAILED if any(o.status is Status.FAILED for o in self.report.outcomes) else 0
 
-    def _upscale(self, job: Job) -> Outcome:
-        from ..imaging.io import read_picture
+    # batch.runner.BatchSink
+    def add(self, outcome: Outcome) -> None:
+        self.report.add(outcome)
 
-        started = time.perf_counter()
-        source = job.source
-        assert source is not None  # planned UPSCALE jobs always have a source
-        try:
-            if source.is_stdin:
-                # Read when the command runs, never at import (a CliRunner test swaps stdin in late).
-                picture = read_picture(binary_stream("stdin").read(), max_pixels=self.max_pixels)
-            else:
-                picture = read_picture(source.path, max_pixels=self.max_pixels)
-            result = self._run_model(picture)
-            skipped = self._write(job, result)
-        except StableSRError as error:
-            return self._failed(job, cli_message(error), started)
-        except (RuntimeError, MemoryError) as error:
-            if not is_out_of_memory(error):
-                raise  # a real bug: let it show its traceback
-            hint = "out of memory; try a smaller --tile-size or --vae-tile-size, --tile-batch 1, or --dtype fp16"
-            return self._failed(job, hint, started)
-        if skipped is not None:
-            return Outcome(job.label, job.destination_label, Status.SKIPPED, error=skipped)
-        return Outcome(
-            job.label, job.destination_label, Status.DONE, seconds=time.perf_counter() - started,
-            size=(result.width, result.height), input_size=(picture.width, picture.height),
-            warnings=picture.warnings,
-        )  # fmt: skip
+    def note(self, message: str) -> None:
+        self.report.note(message)
 
-    def _failed(self, job: Job, problem: str, started: float) -> Outcome:
-        return Outcome(job.label, job.destination_label, Status.FAILED, time.perf_counter() - started, error=problem)
+    def start_image(self, label: str) -> None:
+        self.progress.start_image(label)
 
-    def _run_model(self, picture: Picture) -> Picture:
-        from ..imaging.tensor_bridge import upscale_picture
+    def on_event(self, event: ProgressEvent) -> None:
+        self.progress.on_event(event)
 
-        upscaler = self._model()
-        draw = self.progress.on_event if self.report.chatty else None
+    def finish_image(self) -> None:
+        self.progress.finish_image()
 
-        def progress(event) -> None:
-            if event.stage == "retry":  # out of memory on an accelerator
-                self.report.note(event.message)
-            elif draw is not None:
-                draw(event)
-
-        with warnings.catch_warnings():  # the run already warned once about a long prompt
-            warnings.simplefilter("ignore", PromptTruncatedWarning)
-            return upscale_picture(picture, lambda img_lq: upscaler.upscale_tensor(img_lq, self.options, progress=progress))
-
-    def _model(self) -> Upscaler:
-        if self.upscaler is not None:
-            return self.upscaler
-        from ..api import Upscaler
+    def weights_view(self) -> DownloadView:
         from .downloads import DownloadView
 
-        choice = self.choice
-        try:
-            with DownloadView(self.report.console, enabled=self.report.chatty, style="dim") as view:
-                self.upscaler = Upscaler.from_pretrained(
-                    choice.model, device=choice.device, dtype=choice.dtype.value,
-                    offline=True if choice.offline else None, on_weights_event=view,
-                )  # fmt: skip
-        except OptionError as error:
-            raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
-        except StableSRError as error:
-            raise _RunAborted(choice.model, str(error), EXIT_FAILED) from error
-        try:  # what only the loaded model can judge (tile sizes its UNet can halve, say) is a usage error
-            self.options = self.upscaler.resolve_options(self.options)
-        except OptionError as error:
-            raise _RunAborted("", cli_message(error), EXIT_USAGE) from error
-        label = model_label(choice.model, self.upscaler.facts.name)
-        sampler = "" if self.options.sampler is Sampler.DDPM else f" {self.options.sampler.value}"
-        self.report.note(f"{label} on {self.upscaler.device}, {self.options.steps}{sampler} steps, w {self.options.w:g}")
-        return self.upscaler
+        return DownloadView(self.report.console, enabled=self.report.chatty, style="dim")
 
-    def _write(self, job: Job, result: Picture) -> str | None:
-        """Write the result; returns why it was skipped instead, or None once written."""
-        from ..imaging.io import encode_picture, write_picture
+    # batch.work.StandardStreams
+    def read_stdin(self) -> bytes:
+        # Read when the command runs, never at import (a CliRunner test swaps stdin in late).
+        return binary_stream("stdin").read()
 
-        fmt = job.format.value if job.format is not None else None
-        if job.destination is None:
-            data = encode_picture(result, fmt, self.write.quality)  # type: ignore[arg-type]  # None: the input's format
-            write_image_bytes(self.stdout, data)
-            return None
-        # The run may have been long: look again, in case another process wrote the file meanwhile.
-        action, reason = decide(
-            job.destination, inputs=self.inputs, skip_existing=self.write.skip_existing, overwrite=self.write.overwrite
-        )
-        if action is Action.SKIP:
-            return reason
-        if action is Action.FAIL:
-            raise OutputPathError(reason)
-        try:
-            job.destination.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputPathError(f"cannot create output folder {job.destination.parent} ({error.strerror or error})") from error
-        if self.write.output_folder is not None and not self.marked:
-            write_run_marker(self.write.output_folder)
-            self.marked = True
-        write_picture(result, job.destination, format=fmt, quality=self.write.quality)
-        return None
+    def write_stdout(self, data: bytes) -> None:
+        write_image_bytes(self.stdout, data)
 
 
 def model_label(argument: str, name: str) -> str:
@@ -305,16 +229,6 @@ def model_label(argument: str, name: str) -> str:
     shown = argument + ("/" if path.is_dir() and not argument.endswith(("/", os.sep)) else "")
     known = name and name not in (path.name, path.stem)
     return f"weights in {shown}" + (f" ({name})" if known else "")
-
-
-class _RunAborted(Exception):
-    """A failure that ends the whole run (the model cannot be loaded), not just one image."""
-
-    def __init__(self, subject: str, problem: str, exit_code: int) -> None:
-        super().__init__(problem)
-        self.subject = subject
-        self.problem = problem
-        self.exit_code = exit_code
 
 
 def binary_stream(name: str) -> BinaryIO:

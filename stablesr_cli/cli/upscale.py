@@ -1,8 +1,9 @@
 """`stablesr upscale`: files, folders, globs or a pipe in; files, a folder or a pipe out.
 
 The command validates every option and plans the whole run (cli/scan.py, cli/plan.py) before
-touching the model, then hands the plan to cli/batch.py, which loads the model once and only
-when a first image needs it, and keeps going past a failed image. Exit codes: 0 all done, 1 some
+touching the model, then hands the plan to cli/batch.py, which runs it on a backend of
+stablesr_cli/batch/ (this process by default: the model loaded once, when a first image needs it)
+and keeps going past a failed image. Exit codes: 0 all done, 1 some
 images failed, 2 usage errors, 130 interrupted (Ctrl-C), 141 standard output closed by its reader, 143
 terminated (SIGTERM). torch is never imported at start-up.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
@@ -37,6 +38,9 @@ from .preflight import dry_run as run_dry
 from .scan import describe_left_out, holds_inputs
 from .signals import sigterm_as_interrupt
 
+if TYPE_CHECKING:
+    from ..batch.runner import Backend
+
 DEFAULTS = UpscaleOptions()
 
 # Help panels, in the order `--help` shows them.
@@ -45,6 +49,7 @@ QUALITY = "Quality"
 HARDWARE = "Model and hardware"
 TILING = "Tiling and memory"
 RUN = "Batch and reporting"
+WORKERS = "Several devices and clusters"
 
 EPILOG = """\b
 Examples:
@@ -205,6 +210,39 @@ def upscale(
         typer.Option(metavar="PATH", help="Append one JSON line per image to this file (with or without --json).", rich_help_panel=RUN, show_default=False, dir_okay=False),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no per-image lines, no summary; errors only.", rich_help_panel=RUN)] = False,
+    # ------------------------------------------------------------------ Several devices and clusters
+    devices: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="LIST|all", rich_help_panel=WORKERS, show_default=False,
+            help="One worker process per device, each loading the model once: cuda:0,cuda:1, or all (every GPU). "
+            "A device named twice gets two workers; cpu,cpu splits the cores between two.",
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N", rich_help_panel=WORKERS, show_default=False,
+            help="Worker processes on --device (on the CPU they split its cores); with --ray, Ray actors. Default 1.",
+        ),
+    ] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="K/N", rich_help_panel=WORKERS, show_default=False,
+            help="Only shard K of N of the inputs (a stable split by sorted relative path), one per task of a job "
+            "array on a shared filesystem; with --skip-existing any shard can be run again.",
+        ),
+    ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", rich_help_panel=WORKERS,
+            help="Run on Ray Data (pip install \"stablesr\\[ray]\"): --ray alone starts Ray on this machine; "
+            "--ray auto joins this node's cluster, --ray ray://HOST:PORT a remote one. Inputs and outputs must be on "
+            "a filesystem every node sees.",
+        ),
+    ] = False,
     # ------------------------------------------------------------------ hidden: what Real-ESRGAN users type
     esrgan_inputs: Annotated[Optional[list[str]], typer.Option("--input", "-i", hidden=True)] = None,
     esrgan_outscale: Annotated[Optional[float], typer.Option("--outscale", hidden=True)] = None,
@@ -223,6 +261,11 @@ def upscale(
     try:
         aliases = _RealEsrganAliases(esrgan_outscale, esrgan_ext, esrgan_fp32, esrgan_gpu, esrgan_tile)
         all_inputs = [*(inputs or []), *(esrgan_inputs or [])]
+        ray_address = None
+        if ray:
+            from ..batch.ray_backend import split_ray_address  # batch/ imports cli types: imported late
+
+            all_inputs, ray_address = split_ray_address(all_inputs)
         if not all_inputs:
             raise OptionError("no INPUT given; name image files, folders or globs, or - for standard input")
         scale = aliases.scale(scale)
@@ -247,6 +290,11 @@ def upscale(
         )  # fmt: skip
         expansion = expand_inputs(all_inputs, recursive=recursive)
         jobs = plan_jobs(expansion, request)
+        backend = _backend(devices=devices, workers=workers, device=device, ray_address=ray_address, jobs=jobs)
+        if shard is not None:
+            from ..batch.shard import parse_shard, select_shard
+
+            jobs = select_shard(jobs, parse_shard(shard))
         earlier = left_out_as_earlier_outputs(expansion, request)
         stdout = binary_stream("stdout")
         if not dry_run and any(j.action is Action.UPSCALE and j.destination is None for j in jobs) and stdout.isatty():
@@ -286,7 +334,7 @@ def upscale(
                 jobs, options, report,
                 ModelChoice(model, device, precision, offline),
                 WriteChoice(quality, skip_existing, overwrite, _marked_folder(output_folder_of(request, expansion), jobs)),
-                max_pixels=_max_pixels(max_pixels), stdout=stdout,
+                max_pixels=_max_pixels(max_pixels), stdout=stdout, backend=backend,
             )  # fmt: skip
             with sigterm_as_interrupt():
                 exit_code = batch.run()
@@ -294,6 +342,24 @@ def upscale(
         for sink in json_sinks:
             sink.close()
     raise typer.Exit(exit_code)
+
+
+def _backend(*, devices: str | None, workers: int | None, device: str, ray_address: str | None, jobs: list[Job]) -> Backend:
+    """Where the batch runs: this process, worker processes (--devices, --workers), or Ray (--ray)."""
+    from ..batch.devices import plan_workers
+    from ..batch.ray_backend import require_ray
+    from ..batch.runner import Backend
+
+    if workers is not None and workers < 1:
+        raise OptionError(f"--workers {workers}: give at least 1")
+    if ray_address is None:
+        return Backend(plan_workers(devices=devices, workers=workers, device=device))
+    if devices is not None:
+        raise OptionError("--ray and --devices contradict each other: Ray gives each actor one GPU of the cluster")
+    if any(job.destination is None or (job.source is not None and job.source.is_stdin) for job in jobs):
+        raise OptionError("--ray reads and writes files on a shared filesystem; it cannot use standard input or output")
+    require_ray()
+    return Backend(plan_workers(devices=None, workers=None, device=device), ray_address=ray_address, ray_workers=workers)
 
 
 _E = TypeVar("_E", bound=Enum)
