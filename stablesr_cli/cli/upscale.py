@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..errors import OptionError
 from ..options import DEFAULT_CFG, ColorFix, Precision, Sampler, UpscaleOptions, VaeTiling
 from .batch import EXIT_USAGE, Batch, ModelChoice, Report, WriteChoice, binary_stream
-from .console import JsonLines, cli_message, error_line, make_console, print_line, printable, stderr_json_lines
+from .console import JsonLines, cli_message, error_line, make_console, print_line, stderr_json_lines
 from .plan import (
     Action,
     Job,
@@ -36,6 +36,7 @@ from .plan import (
 from .preflight import check_device, check_model_argument
 from .preflight import dry_run as run_dry
 from .scan import describe_left_out, holds_inputs
+from .option_values import RealEsrganAliases, choose, input_pixel_limit, open_json_file, parse_tile_batch, prompts_over_limit
 from .signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def upscale(
     console = make_console()
     json_sinks: list[JsonLines] = []
     try:
-        aliases = _RealEsrganAliases(esrgan_outscale, esrgan_ext, esrgan_fp32, esrgan_gpu, esrgan_tile)
+        aliases = RealEsrganAliases(esrgan_outscale, esrgan_ext, esrgan_fp32, esrgan_gpu, esrgan_tile)
         all_inputs = [*(inputs or []), *(esrgan_inputs or [])]
         ray_address = None
         if ray:
@@ -270,19 +271,19 @@ def upscale(
             raise OptionError("no INPUT given; name image files, folders or globs, or - for standard input")
         scale = aliases.scale(scale)
         output_format = aliases.format(output_format)
-        precision = aliases.dtype(_choose(Precision, dtype, "--dtype"))
+        precision = aliases.dtype(choose(Precision, dtype, "--dtype"))
         device = aliases.device(device)
-        patches = aliases.vae_tiling(_choose(VaeTiling, vae_tiling, "--vae-tiling"))
+        patches = aliases.vae_tiling(choose(VaeTiling, vae_tiling, "--vae-tiling"))
         if quality is not None and not 1 <= quality <= 100:
             raise OptionError(f"--quality must be between 1 and 100, got {quality}")
         if max_pixels is not None and max_pixels < 0:
             raise OptionError(f"--max-pixels must be 0 (no limit) or more, got {max_pixels}")
         options = UpscaleOptions(
             scale=scale, w=w, steps=steps, seed=seed,
-            color_fix=_choose(ColorFix, color_fix, "--color-fix"), tile_size=tile_size, tile_overlap=tile_overlap,
-            tile_batch=_tile_batch(tile_batch), vae_tiling=patches, vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
+            color_fix=choose(ColorFix, color_fix, "--color-fix"), tile_size=tile_size, tile_overlap=tile_overlap,
+            tile_batch=parse_tile_batch(tile_batch), vae_tiling=patches, vae_tile_size=vae_tile_size, vae_tile_stride=vae_tile_stride,
             max_output_pixels=DEFAULTS.max_output_pixels if max_output_pixels is None else (max_output_pixels or None),
-            sampler=_choose(Sampler, sampler, "--sampler"), eta=eta, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg,
+            sampler=choose(Sampler, sampler, "--sampler"), eta=eta, prompt=prompt, negative_prompt=negative_prompt, cfg=cfg,
         )  # fmt: skip
         request = OutputRequest(
             output=output, suffix=suffix, format=parse_format(output_format) if output_format else None, scale=scale,
@@ -301,14 +302,14 @@ def upscale(
             raise OptionError("refusing to write image bytes to a terminal; redirect standard output (> big.png) or pass -o FILE")
         if any(j.source is not None and j.source.is_stdin for j in jobs) and binary_stream("stdin").isatty():
             raise OptionError("no image piped in; use: stablesr upscale - < photo.png > big.png")
-        long_prompts = _long_prompts(options)
+        long_prompts = prompts_over_limit(options)
         check_model_argument(model)
         if any(j.action is Action.UPSCALE for j in jobs):
             check_device(device, precision)
         if json_lines:
             json_sinks.append(stderr_json_lines())
         if json_file is not None:
-            json_sinks.append(_open_json(json_file))
+            json_sinks.append(open_json_file(json_file))
     except OptionError as error:
         for sink in json_sinks:
             sink.close()
@@ -328,13 +329,13 @@ def upscale(
                                 f"(applies to {'the image' if images == 1 else f'all {images} images'})", style="yellow")
     try:
         if dry_run:
-            exit_code = run_dry(report, jobs, scale=scale, max_pixels=_max_pixels(max_pixels))
+            exit_code = run_dry(report, jobs, scale=scale, max_pixels=input_pixel_limit(max_pixels))
         else:
             batch = Batch(
                 jobs, options, report,
                 ModelChoice(model, device, precision, offline),
                 WriteChoice(quality, skip_existing, overwrite, _marked_folder(output_folder_of(request, expansion), jobs)),
-                max_pixels=_max_pixels(max_pixels), stdout=stdout, backend=backend,
+                max_pixels=input_pixel_limit(max_pixels), stdout=stdout, backend=backend,
             )  # fmt: skip
             with sigterm_as_interrupt():
                 exit_code = batch.run()
@@ -362,117 +363,8 @@ def _backend(*, devices: str | None, workers: int | None, device: str, ray_addre
     return Backend(plan_workers(devices=None, workers=None, device=device), ray_address=ray_address, ray_workers=workers)
 
 
-_E = TypeVar("_E", bound=Enum)
-
-
-def _choose(kind: type[_E], value: str, flag: str) -> _E:
-    """An option value among an Enum's values, in any case, or a one-line usage error."""
-    try:
-        return kind(value.strip().lower())
-    except ValueError:
-        allowed = ", ".join(str(member.value) for member in kind)
-        raise OptionError(f"{flag} {value}: choose one of {allowed}") from None
-
-
-class _RealEsrganAliases:
-    """Real-ESRGAN's and realesrgan-ncnn-vulkan's spellings, mapped onto ours (hidden in --help).
-
-    An alias that contradicts the option it stands for is a usage error, never a silent choice.
-    """
-
-    def __init__(self, outscale: float | None, ext: str | None, fp32: bool, gpu: int | None, tile: int | None) -> None:
-        self.outscale: float | None = outscale
-        self.ext: str | None = ext
-        self.fp32: bool = fp32
-        self.gpu: int | None = gpu
-        self.tile: int | None = tile
-
-    def scale(self, scale: float) -> float:
-        if self.outscale is None:
-            return scale
-        if scale != DEFAULTS.scale and scale != self.outscale:
-            raise OptionError(f"--outscale {self.outscale:g} and --scale {scale:g} disagree; pass one of them")
-        return self.outscale
-
-    def format(self, output_format: str | None) -> str | None:
-        if self.ext is None:
-            return output_format
-        if output_format is not None and parse_format(output_format) != parse_format(self.ext):
-            raise OptionError(f"--ext {self.ext} and --format {output_format} disagree; pass one of them")
-        return self.ext
-
-    def dtype(self, precision: Precision) -> Precision:
-        if not self.fp32:
-            return precision
-        if precision not in (Precision.AUTO, Precision.FP32):
-            raise OptionError(f"--fp32 and --dtype {precision.value} disagree; pass one of them")
-        return Precision.FP32
-
-    def device(self, device: str) -> str:
-        if self.gpu is None:
-            return device
-        if self.gpu < 0:
-            raise OptionError(f"-g {self.gpu}: a GPU number is 0 or more (-g 0 is --device cuda:0)")
-        wanted = f"cuda:{self.gpu}"
-        if device.strip().lower() not in ("auto", wanted):
-            raise OptionError(f"-g {self.gpu} and --device {device} disagree; pass one of them")
-        return wanted
-
-    def vae_tiling(self, tiling: VaeTiling) -> VaeTiling:
-        if self.tile is None:
-            return tiling
-        if self.tile != 0:
-            raise OptionError(
-                f"--tile {self.tile}: stablesr has two tile sizes, in output pixels: --tile-size for the diffusion "
-                "and --vae-tile-size for the autoencoders (--tile 0, no tiling, is --vae-tiling none)"
-            )
-        if tiling not in (DEFAULTS.vae_tiling, VaeTiling.NONE):
-            raise OptionError(f"--tile 0 (no tiling) and --vae-tiling {tiling.value} disagree; pass one of them")
-        return VaeTiling.NONE
-
-
 def _marked_folder(output_folder: Path | None, jobs: list[Job]) -> Path | None:
     """The output folder that gets a run marker: not one that holds inputs (`photos/ -o photos/`),
     or a later scan of a folder above it would leave the originals out."""
     sources = [j.source for j in jobs if j.source is not None]
     return None if output_folder is None or holds_inputs(output_folder, sources) else output_folder
-
-
-def _long_prompts(options: UpscaleOptions) -> list[tuple[str, int]]:
-    """(option, token count) of the prompts the text encoder will cut; checks the `prompts` extra."""
-    given = [("--prompt", options.prompt), ("--negative-prompt", options.negative_prompt or "")]
-    if not any(text for _, text in given):
-        return []
-    from ..api import prompt_token_count  # the tokenizer; torch comes with it, only when prompts are used
-
-    counts = [(option, prompt_token_count(text)) for option, text in given if text]
-    return [(option, tokens) for option, tokens in counts if tokens > 77]
-
-
-def _open_json(path: Path) -> JsonLines:
-    try:
-        # Appended, so an interrupted run and its --skip-existing resume share one log.
-        # backslashreplace: a name with undecodable bytes becomes a \udcXX escape, still valid JSON
-        return JsonLines(path.open("a", encoding="utf-8", errors="backslashreplace"), owned=True, name=printable(str(path)))
-    except OSError as error:
-        raise OptionError(f"{path}: cannot open the --json-file ({error.strerror or error})") from error
-
-
-def _tile_batch(value: str) -> int | None:
-    """`--tile-batch`: a whole number, or auto (None: as many as fit)."""
-    text = value.strip().lower()
-    if text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise OptionError(f"--tile-batch must be a whole number or auto, got {value!r}") from None
-
-
-def _max_pixels(value: int | None) -> int | None:
-    from ..imaging.io import DEFAULT_MAX_PIXELS  # PIL and numpy only; still kept off the --help path
-
-    if value is None:
-        return DEFAULT_MAX_PIXELS
-    return None if value == 0 else value
-
