@@ -148,7 +148,7 @@ def test_a_closed_standard_error_also_ends_quietly_with_141(tmp_path, model):
     finally:
         if process.poll() is None:
             process.kill()
-    assert first.startswith(b"weights in ")  # the header line: the model is loaded, the run has begun
+    assert first.strip()  # a first message came through: the run had begun when its reader left
     assert returncode == 141
     if outputs.exists():
         assert not leftovers(outputs)
