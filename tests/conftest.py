@@ -72,3 +72,43 @@ def tiny_model_dir(official_tiny, tmp_path_factory) -> Path:
     ])
     assert result.exit_code == 0, result.output
     return folder
+
+
+# ----------------------------------------------------------------- the CLI tests' shared setting
+
+
+@pytest.fixture
+def offline(isolated, monkeypatch):
+    """On top of `isolated`: never try the network, and every child process computes with one
+    thread, as this one does (`one_torch_thread`): PyTorch's CPU sums depend on the thread count,
+    and outputs of different processes are compared byte for byte."""
+    monkeypatch.setenv("STABLESR_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread, and the CI box is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir) -> list[str]:
+    """`--model` with the tiny converted model, and the options that keep an upscale near a second."""
+    from cli_helpers import FAST
+
+    return ["--model", str(tiny_model_dir), *FAST]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Make loading a model a test failure: for runs that must not need one."""
+    from stablesr_cli.api import Upscaler
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded although the run needed none")
+
+    monkeypatch.setattr(Upscaler, "from_pretrained", classmethod(refuse))

@@ -9,7 +9,6 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-import torch
 from rich.console import Console
 
 from cli_helpers import FAST, error_lines, gradient, invoke, png_bytes
@@ -21,37 +20,12 @@ from stablesr_cli.options import UpscaleOptions, VaeTiling
 from stablesr_cli.progress import ProgressEvent
 
 
-@pytest.fixture(autouse=True)
-def offline(isolated, monkeypatch):
-    monkeypatch.setenv("STABLESR_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir) -> Path:
     return tiny_model_dir
-
-
-@pytest.fixture
-def model(tiny) -> list[str]:
-    return ["--model", str(tiny), *FAST]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    from stablesr_cli.api import Upscaler
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(Upscaler, "from_pretrained", classmethod(refuse))
 
 
 def picture(path: Path, width: int = 40, height: int = 32) -> Path:

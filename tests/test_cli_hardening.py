@@ -14,42 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import FAST, error_lines, gradient, invoke, leftovers
+from cli_helpers import error_lines, gradient, invoke, leftovers
 
 TRACEBACK = "Traceback"
 
 
-@pytest.fixture(autouse=True)
-def offline(isolated, monkeypatch):
-    monkeypatch.setenv("STABLESR_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def folder(tiny_model_dir) -> Path:
     return tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def model(folder) -> list[str]:
-    return ["--model", str(folder), *FAST]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    from stablesr_cli.api import Upscaler
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded although the options were refused")
-
-    monkeypatch.setattr(Upscaler, "from_pretrained", classmethod(refuse))
 
 
 def small_png(path: Path, width: int = 40, height: int = 32) -> Path:

@@ -10,7 +10,8 @@ import pytest
 from cli_helpers import error_lines, gradient, invoke, visible_files
 from stablesr_cli.errors import PromptTruncatedWarning
 from stablesr_cli.imaging.io import read_picture
-from test_cli_upscale import model, offline, one_torch_thread  # noqa: F401  (the CLI tests' fixtures)
+
+pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 
 # 40x32 at 2x is 80x64, reflect-padded to 96x96: 64-pixel patches at stride 48 make 2 x 2 pixel patches
 PATCHES = ["--vae-tiling", "upstream", "--vae-tile-size", "64", "--vae-tile-stride", "48"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cli_helpers import (
@@ -26,35 +25,7 @@ from stablesr_cli.cli.scan import RUN_MARKER
 from stablesr_cli.imaging.io import read_picture
 
 
-@pytest.fixture(autouse=True)
-def offline(isolated, monkeypatch):
-    """On top of conftest's isolated caches: never try the network from these tests."""
-    monkeypatch.setenv("STABLESR_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors run fastest on one thread, and the CI box is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir) -> list[str]:
-    return ["--model", str(tiny_model_dir), *FAST]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Make loading a model a test failure: for runs that must not need one."""
-    from stablesr_cli.api import Upscaler
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded although there was nothing to upscale")
-
-    monkeypatch.setattr(Upscaler, "from_pretrained", classmethod(refuse))
+pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 
 
 # ----------------------------------------------------------- the big folder run

@@ -12,33 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cli_helpers import FAST, error_lines, gradient, invoke, leftovers, run_stablesr, subprocess_env
+from cli_helpers import error_lines, gradient, invoke, leftovers, run_stablesr, subprocess_env
 from stablesr_cli.batch.work import CRASH_HOOK
 
 IMAGES = 6
 
 
-@pytest.fixture(autouse=True)
-def offline(isolated, monkeypatch):
-    monkeypatch.setenv("STABLESR_OFFLINE", "1")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # every worker and the single process compute alike
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The run in this process computes with one thread, as each worker does: PyTorch's CPU sums
-    depend on the thread count, and the outputs are compared byte for byte."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir) -> list[str]:
-    return ["--model", str(tiny_model_dir), *FAST]
+pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 
 
 def _folder(root: Path, *, broken: bool = False) -> Path:
