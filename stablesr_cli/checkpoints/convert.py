@@ -17,8 +17,9 @@ import torch
 from ..atomic import atomic_write_via_path
 from ..errors import CheckpointError, OutputPathError
 from ..hashing import require_regular_file, sha256_file
-from .io import read_state_dict
+from .io import read_state_dict_mapped
 from .keymap import IGNORED_PREFIXES, SCHEDULE_BUFFERS, split_components
+from .stream_safetensors import write_streamed
 from .layout import COMPONENT_FILES, CONTEXT_TENSOR, FORMAT, SR_COMPONENTS, find_converted  # noqa: F401  (re-exported)
 
 StateDict = dict[str, torch.Tensor]
@@ -96,13 +97,30 @@ def split_cfw_state_dict(sd: Mapping[str, torch.Tensor], source: Path) -> StateD
     return kept
 
 
+def _target_dtype(t: torch.Tensor, fp16: bool) -> torch.dtype:
+    return torch.float16 if fp16 and t.is_floating_point() else t.dtype
+
+
 def _standalone(t: torch.Tensor, fp16: bool) -> torch.Tensor:
-    """A tensor safetensors can write: dense, owning exactly its bytes, optionally half precision."""
-    if fp16 and t.is_floating_point() and t.dtype != torch.float16:
+    """A dense tensor holding exactly what is written for `t`, optionally half precision."""
+    if _target_dtype(t, fp16) != t.dtype:
         return t.to(torch.float16).contiguous()
-    if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        return t.contiguous().clone()  # a view of a larger storage (or shared with another tensor)
-    return t
+    return t.contiguous()
+
+
+def _write_component(
+    sources: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str], fp16: bool, release: Callable[[], None]
+) -> None:
+    """One component file, written tensor by tensor from the memory-mapped checkpoint; `release`
+    drops the checkpoint pages read so far, so resident memory stays at a few hundred MB of them."""
+    atomic_write_via_path(
+        path,
+        lambda temporary: write_streamed(
+            temporary, sources, lambda t: _standalone(t, fp16), lambda t: _target_dtype(t, fp16), metadata,
+            after_bytes=release,
+        ),  # fmt: skip
+        what="converted weights",
+    )
 
 
 def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
@@ -113,8 +131,8 @@ def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata
     )
 
 
-def _dtypes(tensors: Mapping[str, torch.Tensor]) -> str:
-    return ",".join(sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()}))
+def _dtype_names(sources: Mapping[str, torch.Tensor], fp16: bool) -> str:
+    return ",".join(sorted({str(_target_dtype(t, fp16)).removeprefix("torch.") for t in sources.values()}))
 
 
 def _metadata(component: str, source: Path, source_sha256: str, *, model: str | None, prediction: str | None, dtype: str) -> dict[str, str]:
@@ -170,25 +188,26 @@ def convert_sr_checkpoint(
         note(f"hashing {ckpt.name}")
         source_sha256 = sha256_file(ckpt)
     note(f"reading {ckpt.name}")
-    components = split_sr_state_dict(read_state_dict(ckpt), ckpt, keep_ema=keep_ema)
+    state_dict, release = read_state_dict_mapped(ckpt)
+    components = split_sr_state_dict(state_dict, ckpt, keep_ema=keep_ema)
     _prepare_out_dir(out_dir)
 
     # the context is computed in float32 from the stored weights, before any fp16 cast
     note("computing the empty-prompt context")
     context = empty_prompt_context(components["text_encoder"], **({"heads": text_heads} if text_heads else {}))
+    release()
     written: dict[str, Path] = {}
     for name, sd in components.items():
         path = out_dir / COMPONENT_FILES[name]
         note(f"writing {path.name} ({len(sd)} tensors)")
-        tensors = {k: _standalone(v, fp16) for k, v in sd.items()}
-        meta = _metadata(name, ckpt, source_sha256, model=model, prediction=prediction, dtype=_dtypes(tensors))
+        meta = _metadata(name, ckpt, source_sha256, model=model, prediction=prediction, dtype=_dtype_names(sd, fp16))
         # What no tensor shape reveals is recorded where the loader looks for it; the SD 2.x
         # defaults (64-wide UNet heads, width // 64 text heads) apply when nothing is recorded.
         if name == "unet" and unet_head_channels:
             meta["num_head_channels"] = str(unet_head_channels)
         if name == "text_encoder" and text_heads:
             meta["heads"] = str(text_heads)
-        _write_safetensors(tensors, path, meta)
+        _write_component(sd, path, meta, fp16, release)
         written[name] = path
     path = out_dir / COMPONENT_FILES["context_empty"]
     _write_safetensors(
@@ -216,12 +235,11 @@ def convert_cfw_checkpoint(
         note(f"hashing {ckpt.name}")
         source_sha256 = sha256_file(ckpt)
     note(f"reading {ckpt.name}")
-    sd = split_cfw_state_dict(read_state_dict(ckpt), ckpt)
+    state_dict, release = read_state_dict_mapped(ckpt)
+    sd = split_cfw_state_dict(state_dict, ckpt)
     _prepare_out_dir(out_dir)
     path = out_dir / COMPONENT_FILES["cfw"]
     note(f"writing {path.name} ({len(sd)} tensors)")
-    tensors = {k: _standalone(v, fp16) for k, v in sd.items()}
-    _write_safetensors(
-        tensors, path, _metadata("cfw", ckpt, source_sha256, model=model, prediction=None, dtype=_dtypes(tensors))
-    )
+    meta = _metadata("cfw", ckpt, source_sha256, model=model, prediction=None, dtype=_dtype_names(sd, fp16))
+    _write_component(sd, path, meta, fp16, release)
     return path

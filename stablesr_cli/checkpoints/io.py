@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .safe_pickle import load_zip_checkpoint
+from .safe_pickle import load_zip_checkpoint, load_zip_checkpoint_mapped
 
 StateDict = dict[str, torch.Tensor]
 
@@ -133,8 +134,22 @@ def read_checkpoint(path: str | Path) -> Any:
 
 def read_state_dict(path: str | Path) -> StateDict:
     """The tensors of a checkpoint keyed by name: `state_dict` unwrapped if present, safetensors as is."""
+    return read_state_dict_mapped(path)[0]
+
+
+def _keep_pages() -> None:
+    pass
+
+
+def read_state_dict_mapped(path: str | Path) -> tuple[StateDict, Callable[[], None]]:
+    """`read_state_dict` plus a function that drops the source pages read so far from memory (a
+    no-op for safetensors files, which are read whole); for readers that never write to the tensors."""
     path = Path(path)
-    obj = read_checkpoint(path)
+    release = _keep_pages
+    if sniff_format(path) is CheckpointFormat.SAFETENSORS:
+        obj: Any = read_safetensors(path)[0]
+    else:
+        obj, release = load_zip_checkpoint_mapped(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -142,4 +157,4 @@ def read_state_dict(path: str | Path) -> StateDict:
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: contains no tensors; not a model checkpoint")
-    return tensors
+    return tensors, release

@@ -21,6 +21,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,13 @@ class _ArchiveStorages:
         storage = raw.untyped_storage()
         self._cache[key] = storage
         return storage
+
+    def release_pages(self) -> None:
+        """Drop the pages read so far from this process's memory; a later read maps them again from
+        the file (the page cache). Only for tensors nobody wrote to: a written copy-on-write page
+        would fall back to the file's bytes."""
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
 
     def _data_offset(self, info: zipfile.ZipInfo, file_len: int) -> int:
         mapping = self._mapping()
@@ -353,6 +361,12 @@ def load_zip_checkpoint(path: str | Path) -> Any:
     and scalars are rebuilt; a Lightning ModelCheckpoint class reference becomes an `InertClass`.
     Raises UnsafeCheckpointError for any other global and CheckpointError for damaged files.
     """
+    return load_zip_checkpoint_mapped(path)[0]
+
+
+def load_zip_checkpoint_mapped(path: str | Path) -> tuple[Any, Callable[[], None]]:
+    """`load_zip_checkpoint` plus a function that drops the file pages read so far from memory, so
+    a reader going through GBs of records (a conversion) keeps only what it is working on resident."""
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -381,7 +395,7 @@ def load_zip_checkpoint(path: str | Path) -> Any:
         storages = _ArchiveStorages(path, archive, root)
         unpickler = _RestrictedUnpickler(io.BytesIO(pickled), path, storages)
         try:
-            return unpickler.load()
+            return unpickler.load(), storages.release_pages
         except (UnsafeCheckpointError, CheckpointError):
             raise
         except Exception as exc:  # any malformed pickle: opcode errors, bad REDUCE calls, EOF ...
