@@ -245,8 +245,11 @@ def compiled_timings(
     """
     import tempfile
 
-    cache = Path(args.compile_cache) if args.compile_cache else Path(tempfile.mkdtemp(prefix="stablesr-bench-"))
-    models = compile_networks(models, cache)  # cold unless --compile-cache names a used folder
+    if args.compile_cache:  # a used folder: what a later run of the CLI pays
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.compile_cache
+        models = compile_networks(models)
+    else:  # a fresh, cold cache: what the first run pays
+        models = compile_networks(models, Path(tempfile.mkdtemp(prefix="stablesr-bench-")))
     z = torch.randn(1, 4, sizes.latent, sizes.latent, device=device, dtype=models.dtype)
     t = torch.tensor([999], device=device)
     context = models.context.to(models.dtype)
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="toy-size networks (a check of the bench itself)")
     parser.add_argument("--json", action="store_true", help="one JSON object per dtype on standard output")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks (compile + step)")
-    parser.add_argument("--compile-cache", metavar="DIR", help="inductor cache to use (default: a fresh, cold one)")
+    parser.add_argument("--compile-cache", metavar="DIR", help="inductor cache folder to use, e.g. one an earlier run filled (default: a fresh, cold one)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = QUICK if args.quick else Sizes()
