@@ -4,6 +4,7 @@
     python bench/bench.py --dtype fp32 bf16 --json # both dtypes side by side, one JSON object per dtype
     python bench/bench.py --big                    # adds 256x256 -> 1024x1024 with lean VAE tiling
     python bench/bench.py --quick --json           # tiny networks, seconds: checks the instrument itself
+    python bench/bench.py --compile                # adds torch.compile: compile time and compiled step/image
 
 For each dtype it first measures the machine's own peak (a large GEMM and a large 3x3 convolution
 in that dtype, NCHW and channels_last), then times each network (time-aware encoder and UNet on one
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import resource
 import sys
@@ -37,6 +39,7 @@ from stablesr_cli.models.layout import prepare_for_inference  # noqa: E402
 from stablesr_cli.models.time_encoder import TimeAwareEncoder, TimeEncoderConfig  # noqa: E402
 from stablesr_cli.models.unet import UNet, UNetConfig  # noqa: E402
 from stablesr_cli.options import UpscaleOptions, VaeTiling  # noqa: E402
+from stablesr_cli.pipeline.compiled import compile_networks  # noqa: E402
 from stablesr_cli.pipeline.noise import SeededNoise  # noqa: E402
 from stablesr_cli.pipeline.schedule import Prediction  # noqa: E402
 from stablesr_cli.pipeline.upscale import StableSRModels, upscale_tensor  # noqa: E402
@@ -222,8 +225,65 @@ def run_dtype(name: str, sizes: Sizes, device: torch.device, args: argparse.Name
         synchronize(device)
         result[f"{key}_s"] = time.perf_counter() - start
         result[f"{key}_peak_mb"] = peak_memory_mb(device)
+    if args.compile:
+        result.update(compiled_timings(models, sizes, device, args, result))
     result["peak_rss_mb"] = max(v for k, v in result.items() if k.endswith("_peak_mb"))
     return result
+
+
+FOLDER_IMAGES = 10
+
+
+def compiled_timings(
+    models: StableSRModels, sizes: Sizes, device: torch.device, args: argparse.Namespace, eager: dict[str, object]
+) -> dict[str, object]:
+    """The same step and 512 image with torch.compile'd networks, in this process after the eager ones.
+
+    compile_step_first_s: the first compiled step (UNet and time encoder compile); the first compiled
+    image adds the CFW decoder's compile. folder10_*: a folder of 10 same-size images, eager against
+    compiled with the compile paid once; the measure of whether compiling pays off.
+    """
+    import tempfile
+
+    if args.compile_cache:  # a used folder: what a later run of the CLI pays
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.compile_cache
+        models = compile_networks(models)
+    else:  # a fresh, cold cache: what the first run pays
+        models = compile_networks(models, Path(tempfile.mkdtemp(prefix="stablesr-bench-")))
+    z = torch.randn(1, 4, sizes.latent, sizes.latent, device=device, dtype=models.dtype)
+    t = torch.tensor([999], device=device)
+    context = models.context.to(models.dtype)
+
+    def step():
+        return models.unet(z, t, context, models.time_encoder(z, t))
+
+    out: dict[str, object] = {}
+    reset_peak_rss()
+    with torch.no_grad():
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        out["compile_step_first_s"] = time.perf_counter() - start
+    out["compile_step_first_peak_mb"] = peak_memory_mb(device)
+    reset_peak_rss()
+    out["compiled_step_s"] = best_seconds(step, device, args.repeats)
+    out["compiled_step_peak_mb"] = peak_memory_mb(device)
+    img = torch.rand(1, 3, sizes.image // 4, sizes.image // 4, generator=torch.Generator().manual_seed(0))
+    opts = UpscaleOptions(scale=4, w=0.5, steps=args.steps)
+    for key in ("compiled_image_512_first", "compiled_image_512"):
+        reset_peak_rss()
+        start = time.perf_counter()
+        upscale_tensor(img, models, opts, SeededNoise(42))
+        synchronize(device)
+        out[f"{key}_s"] = time.perf_counter() - start
+        out[f"{key}_peak_mb"] = peak_memory_mb(device)
+    out["step_speedup"] = eager["step_s"] / out["compiled_step_s"]
+    out["folder10_eager_s"] = FOLDER_IMAGES * eager["image_512_s"]
+    out["folder10_compiled_s"] = (
+        out["compile_step_first_s"] + out["compiled_image_512_first_s"] + (FOLDER_IMAGES - 1) * out["compiled_image_512_s"]
+    )
+    out["inductor_cache"] = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    return out
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -259,7 +319,7 @@ def print_table(results: list[dict[str, object]], device: torch.device) -> None:
     peaks = [("GEMM peak", "gemm_peak_gflops"), ("3x3 conv peak", "conv_peak_gflops")]
     for label, key in peaks:
         print(f"{label:<34}" + "".join(f"{r[key]:>18.0f} GFLOP/s" for r in results), file=out)
-    keys = [k[:-2] for k in results[0] if k.endswith("_s")]
+    keys = [k[:-2] for k in results[0] if k.endswith("_s") and k[:-2] + "_peak_mb" in results[0]]
     for key in keys:
         cells = []
         for r in results:
@@ -271,6 +331,15 @@ def print_table(results: list[dict[str, object]], device: torch.device) -> None:
         flops = f" ({results[0][key + '_gflop']:.1f} GFLOP)" if f"{key}_gflop" in results[0] else ""
         print(f"{key + flops:<34}" + "".join(cells), file=out)
     print("(seconds: best of repeats; %: of the dtype's conv peak; G: peak RSS in GiB)", file=out)
+    if "compiled_step_s" in results[0]:
+        print(f"\ntorch.compile{'':<21}" + "".join(f"{n:>26}" for n in names), file=out)
+        rows = [("step eager -> compiled", lambda r: f"{r['step_s']:.2f} -> {r['compiled_step_s']:.2f} s"),
+                ("compile (first step)", lambda r: f"{r['compile_step_first_s']:.1f} s"),
+                ("first image (+decoder compile)", lambda r: f"{r['compiled_image_512_first_s']:.1f} s"),
+                ("image eager -> compiled", lambda r: f"{r['image_512_s']:.2f} -> {r['compiled_image_512_s']:.2f} s"),
+                (f"{FOLDER_IMAGES} images eager / compiled", lambda r: f"{r['folder10_eager_s']:.0f} / {r['folder10_compiled_s']:.0f} s")]  # fmt: skip
+        for label, cell in rows:
+            print(f"{label:<34}" + "".join(f"{cell(r):>26}" for r in results), file=out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -283,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", action="store_true", help="also 256x256 -> 1024x1024, lean VAE tiling and whole")
     parser.add_argument("--quick", action="store_true", help="toy-size networks (a check of the bench itself)")
     parser.add_argument("--json", action="store_true", help="one JSON object per dtype on standard output")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks (compile + step)")
+    parser.add_argument("--compile-cache", metavar="DIR", help="inductor cache folder to use, e.g. one an earlier run filled (default: a fresh, cold one)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = QUICK if args.quick else Sizes()

@@ -42,12 +42,14 @@ class Upscaler:
         offline: bool | None = None,
         on_event: Callable[[str], None] | None = None,
         on_weights_event: Callable | None = None,
+        compile: bool = False,  # noqa: A002 - the user-facing name of the option
     ) -> "Upscaler":
         """A manifest name (turbo, v2-512, v2-768v, face), an official .ckpt, or a folder of converted files.
 
         Missing weights are downloaded and converted on first use (unless offline), with what is
         fetched reported through `on_event` (one line of text per step), or through
         `on_weights_event`, which receives each `store.WeightsEvent`, download byte counts included.
+        `compile=True` wraps the networks in torch.compile (see `compile`).
         """
         from .store import ensure_model
 
@@ -62,7 +64,7 @@ class Upscaler:
 
         resolved = ensure_model(os.fspath(model), offline=bool(offline), on_event=note)
         base = resolved.spec.facts if resolved.spec is not None else None
-        return cls.from_components(resolved.components, device=str(torch_device), dtype=dtype, facts=base)
+        return cls.from_components(resolved.components, device=str(torch_device), dtype=dtype, facts=base, compile=compile)
 
     @classmethod
     def from_components(
@@ -72,6 +74,7 @@ class Upscaler:
         device: str = "auto",
         dtype: str = "auto",
         facts: ModelFacts | None = None,
+        compile: bool = False,  # noqa: A002 - the user-facing name of the option
     ) -> "Upscaler":
         """Load converted component files (as written by `stablesr weights convert`): unet,
         time_encoder, vae, cfw and context_empty, each a safetensors file. `facts` are the manifest's
@@ -88,7 +91,23 @@ class Upscaler:
         models, facts = load_models(
             components, device=torch_device, dtype=torch_dtype, base=facts, manifest_facts=manifest_facts
         )
-        return cls(models, facts)
+        upscaler = cls(models, facts)
+        return upscaler.compile() if compile else upscaler
+
+    def compile(self) -> "Upscaler":
+        """Wrap UNet, time encoder and CFW decoder in torch.compile (inductor), in place; returns self.
+
+        The first image of each size pays the compile (minutes for the full-size UNet on a CPU);
+        later tiles and images of that size run the compiled code. Kernels are cached under
+        `<cache>/inductor` (or $TORCHINDUCTOR_CACHE_DIR) and reused by later runs. Outputs match
+        eager within float rounding, not bit for bit.
+        """
+        from .pipeline.compiled import compile_networks
+        from .store.places import cache_dir
+
+        if not self.models.compiled:
+            self.models = compile_networks(self.models, cache_dir())
+        return self
 
     def resolve_options(self, options: UpscaleOptions | None = None, **overrides) -> UpscaleOptions:
         from .pipeline.upscale import latent_tiling

@@ -46,6 +46,8 @@ class WorkerSettings:
     device: str = "auto"
     dtype: str = "auto"
     offline: bool = False
+    compile: bool = False
+    """Wrap the networks in torch.compile (Upscaler.compile)."""
     options: UpscaleOptions = UpscaleOptions()
     """As the user gave them; what is None (w, steps) is filled from the model's facts once loaded."""
     quality: int | None = None
@@ -136,6 +138,7 @@ class ImageWorker:
                 self.upscaler = Upscaler.from_pretrained(
                     self.settings.model, device=self.settings.device, dtype=self.settings.dtype,
                     offline=True if self.settings.offline else None, on_weights_event=view,
+                    compile=self.settings.compile,
                 )  # fmt: skip
         except OptionError as error:
             raise RunAborted("", cli_message(error), 2) from error

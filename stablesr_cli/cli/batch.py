@@ -125,6 +125,7 @@ class ModelChoice:
     device: str
     dtype: Precision
     offline: bool
+    compile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,8 @@ class Batch:
         terminal = report.console.is_terminal
         report.live = report.chatty and terminal
         self.settings = WorkerSettings(
-            model=model.model, device=model.device, dtype=model.dtype.value, offline=model.offline, options=options,
+            model=model.model, device=model.device, dtype=model.dtype.value, offline=model.offline, compile=model.compile,
+            options=options,
             quality=write.quality, max_pixels=max_pixels, skip_existing=write.skip_existing, overwrite=write.overwrite,
             output_folder=write.output_folder, progress=report.chatty,
         )  # fmt: skip

@@ -163,6 +163,9 @@ def upscale(
         str, typer.Option(metavar=_choices(Precision), help="Compute precision; auto: fp16 on a GPU; on a CPU bf16 where it has bf16 matrix instructions (AMX, AVX512-BF16), else fp32.", rich_help_panel=HARDWARE)
     ] = Precision.AUTO.value,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights; fail if they are missing.", rich_help_panel=HARDWARE)] = False,
+    compile_networks: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the networks: each new image size compiles first (minutes on a CPU), then runs faster; kernels are cached for later runs.", rich_help_panel=HARDWARE)
+    ] = False,
     # ------------------------------------------------------------------ Tiling and memory
     tile_size: Annotated[
         Optional[int],
@@ -333,7 +336,7 @@ def upscale(
         else:
             batch = Batch(
                 jobs, options, report,
-                ModelChoice(model, device, precision, offline),
+                ModelChoice(model, device, precision, offline, compile_networks),
                 WriteChoice(quality, skip_existing, overwrite, _marked_folder(output_folder_of(request, expansion), jobs)),
                 max_pixels=input_pixel_limit(max_pixels), stdout=stdout, backend=backend,
             )  # fmt: skip

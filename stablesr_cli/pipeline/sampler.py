@@ -30,6 +30,9 @@ class LatentTiling:
     """Overlap of neighbouring tiles in latent pixels (upstream default 32)."""
     batch: int = 1
     """Tiles per UNet call; results do not depend on it (every op is per sample)."""
+    pad_batch: bool = False
+    """Fill a short last batch with copies of its last tile (outputs discarded), so that every call
+    of one image has the same shape: compiled networks then never recompile between tiles."""
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,14 @@ def blended_prediction(
         tiles = latent_tiles(height, width, tiling.tile, tiling.overlap)
         batch = tiling.batch
     blender = GaussianBlender(tuple(z_t.shape), dtype=torch.float32, device=z_t.device)
+    padded = tiling is not None and tiling.pad_batch
     for start in range(0, len(tiles), batch):
         group = tiles[start:start + batch]
+        # never pad past the image's tile count: a one-tile image runs a batch of one
+        fill = [group[-1]] * (min(batch, len(tiles)) - len(group)) if padded else []
         out = denoiser.predict(
-            torch.cat([z_t[tile.slices] for tile in group]),
-            torch.cat([z_lq[tile.slices] for tile in group]),
+            torch.cat([z_t[tile.slices] for tile in group + fill]),
+            torch.cat([z_lq[tile.slices] for tile in group + fill]),
             t,
         ).to(z_t.device)
         for k, tile in enumerate(group):

@@ -60,6 +60,8 @@ class StableSRModels:
     """The model's native latent tile side (64 for the 512 models, 96 for 768v)."""
     prompts: PromptEncoder | None = None
     """Encodes prompts other than the empty one; None: only the empty prompt can be used."""
+    compiled: bool = False
+    """The networks are wrapped in torch.compile (compiled.py): tile batches are kept one shape."""
 
     def context_for(self, prompt: str) -> torch.Tensor:
         """Cross-attention context of a prompt: the stored empty-prompt one for "", else the text tower's."""
@@ -98,7 +100,7 @@ def latent_tiling(models: StableSRModels, opts: UpscaleOptions) -> LatentTiling:
 
 def _fitted_tiling(models: StableSRModels, denoiser: Denoiser, opts: UpscaleOptions, z_lq: torch.Tensor) -> LatentTiling:
     """The latent tiling, with `tile_batch=None` (auto) resolved against the device's free memory."""
-    tiling = latent_tiling(models, opts)
+    tiling = dataclasses.replace(latent_tiling(models, opts), pad_batch=models.compiled)
     if opts.tile_batch is not None:
         return tiling
     height, width = z_lq.shape[-2:]
