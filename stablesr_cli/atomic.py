@@ -15,7 +15,8 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,22 +27,11 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.stablesr\.t
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None], *, what: str = "file") -> None:
     """Write `path` through `write(stream)`, atomically; errors become one-line `OutputPathError`s."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{path}: is a folder; give an output file name")
-    temporary, descriptor = _create_temporary(path, what)
-    try:
+    with _replacing(Path(path), what) as (temporary, descriptor):
         with os.fdopen(descriptor, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        _unlink_quietly(temporary)
-        if isinstance(error, OSError):
-            raise output_error(path, error, what) from error
-        raise
-    sync_folder(path.parent)
 
 
 def atomic_write_via_path(path: Path, write_to: Callable[[Path], None], *, what: str = "file") -> None:
@@ -50,17 +40,24 @@ def atomic_write_via_path(path: Path, write_to: Callable[[Path], None], *, what:
     The temporary is created first with the usual permissions (0666 minus umask), and those are put
     back after `write_to`, which may recreate the file with its own (safetensors uses 0600).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"{path}: is a folder; give an output file name")
-    temporary, descriptor = _create_temporary(path, what)
-    os.close(descriptor)
-    try:
+    with _replacing(Path(path), what) as (temporary, descriptor):
+        os.close(descriptor)
         mode = temporary.stat().st_mode & 0o7777
         write_to(temporary)
         os.chmod(temporary, mode)
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
+
+
+@contextmanager
+def _replacing(path: Path, what: str) -> Iterator[tuple[Path, int]]:
+    """A fresh temporary beside `path` for the block to fill; renamed over `path` when the block
+    ends, removed when it fails (OSErrors become one-line `OutputPathError`s)."""
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give an output file name")
+    temporary, descriptor = _create_temporary(path, what)
+    try:
+        yield temporary, descriptor
         os.replace(temporary, path)
     except BaseException as error:
         _unlink_quietly(temporary)
