@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from stablesr_cli.atomic import is_temporary_name
 from stablesr_cli.cli import app
-from stablesr_cli.imaging.io import read_picture, write_picture
+from stablesr_cli.imaging.io import Picture, read_picture, write_picture
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = Path(__file__).parent / "fixtures" / "images"
@@ -55,6 +55,20 @@ def gradient(width: int = 40, height: int = 32, mode: str = "RGB") -> Image.Imag
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
     return Image.fromarray(rgb.astype(np.uint8), "RGB").convert(mode)
+
+
+def gradient_png(path: Path, width: int = 40, height: int = 32) -> Path:
+    """`gradient` saved as a PNG at `path`, its folder made first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gradient(width, height).save(path)
+    return path
+
+
+def made_picture(rgb: np.ndarray, alpha: np.ndarray | None = None, **fields: object) -> Picture:
+    """A `Picture` straight from arrays (8-bit RGB PNG unless `fields` say otherwise)."""
+    defaults = dict(is_grey=False, bit_depth=8, format="PNG", source="made-by-test")
+    defaults.update(fields)
+    return Picture(rgb=rgb.astype(np.float32), alpha=None if alpha is None else alpha.astype(np.float32), **defaults)
 
 
 def write_every_kind(folder: Path) -> dict[str, Path]:

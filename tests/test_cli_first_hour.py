@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from cli_helpers import FAST, error_lines, gradient, invoke, png_bytes
+from cli_helpers import gradient_png as picture
 from stablesr_cli.cli.batch import model_label
 from stablesr_cli.cli.console import RunProgress
 from stablesr_cli.cli.scan import RUN_MARKER
@@ -27,11 +28,6 @@ pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 def tiny(tiny_model_dir) -> Path:
     return tiny_model_dir
 
-
-def picture(path: Path, width: int = 40, height: int = 32) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gradient(width, height).save(path)
-    return path
 
 
 def lines(text: str) -> list[str]:

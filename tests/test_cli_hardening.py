@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_helpers import error_lines, gradient, invoke, leftovers
+from cli_helpers import error_lines, invoke, leftovers
+from cli_helpers import gradient_png as small_png
 
 TRACEBACK = "Traceback"
 
@@ -26,11 +27,6 @@ pytestmark = pytest.mark.usefixtures("offline", "one_torch_thread")
 def folder(tiny_model_dir) -> Path:
     return tiny_model_dir
 
-
-def small_png(path: Path, width: int = 40, height: int = 32) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gradient(width, height).save(path)
-    return path
 
 
 def one_error_line(stderr: str) -> str:

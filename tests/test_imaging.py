@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageCms, ImageOps
 
+from cli_helpers import made_picture as picture
 from stablesr_cli.errors import InputImageError, OptionError, OutputPathError
 from stablesr_cli.imaging import io as imaging_io
 from stablesr_cli.imaging import write as imaging_write
 from stablesr_cli.imaging.io import (
-    Picture,
     encode_picture,
     format_for_path,
     read_picture,
@@ -71,11 +71,6 @@ def srgb_icc() -> bytes:
     """An sRGB profile; made once, since littleCMS stamps each new profile with the current second."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
-
-def picture(rgb: np.ndarray, alpha: np.ndarray | None = None, **fields: object) -> Picture:
-    defaults = dict(is_grey=False, bit_depth=8, format="PNG", source="made-by-test")
-    defaults.update(fields)
-    return Picture(rgb=rgb.astype(np.float32), alpha=None if alpha is None else alpha.astype(np.float32), **defaults)
 
 
 # A PNG writer independent of the library's, so 16-bit reading is checked against every filter

@@ -11,16 +11,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stablesr_cli.imaging.io import Picture, encode_picture, read_picture
+from cli_helpers import made_picture as picture
+from stablesr_cli.imaging.io import encode_picture, read_picture
 from stablesr_cli.imaging.tensor_bridge import from_model_output, to_model_input, upscale_picture
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 
-
-def picture(rgb: np.ndarray, alpha: np.ndarray | None = None, **fields: object) -> Picture:
-    defaults = dict(is_grey=False, bit_depth=8, format="PNG", source="made-by-test")
-    defaults.update(fields)
-    return Picture(rgb=rgb.astype(np.float32), alpha=None if alpha is None else alpha.astype(np.float32), **defaults)
 
 
 def test_to_model_input():
