@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -147,8 +148,30 @@ def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -
     return best
 
 
+def _conv_pointwise_flop(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> int:
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
+
+
+def _linear_pointwise_flop(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> int:
+    rows = math.prod(x_shape[:-1])
+    return 2 * rows * w_shape[0] * w_shape[1]  # the weight is [out, in]
+
+
+def _cpu_flash_attention_flop(q_shape, k_shape, v_shape, *_args, out_shape=None, **_kwargs) -> int:
+    return sdpa_flop_count(q_shape, k_shape, v_shape)
+
+
+# operators FlopCounterMode has no formula for: the prepacked oneDNN convolution and linear of the
+# CPU bf16 path, and the CPU flash-attention kernel (without it every attention counted as free)
+_EXTRA_FLOP_FORMULAS = {
+    torch.ops.mkldnn._convolution_pointwise: _conv_pointwise_flop,
+    torch.ops.mkldnn._linear_pointwise: _linear_pointwise_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flop,
+}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
         fn()
     return counter.get_total_flops()
 

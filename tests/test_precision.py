@@ -15,6 +15,7 @@ from torch.profiler import profile
 
 from stablesr_cli.checkpoints.assemble import build_unet
 from stablesr_cli.models.autoencoder import AttnBlock
+from stablesr_cli.models.cpu_packing import PackedConv2d
 from stablesr_cli.models.layout import prepare_for_inference
 from stablesr_cli.models.time_encoder import LegacyAttention
 from stablesr_cli.options import UpscaleOptions
@@ -118,11 +119,12 @@ def test_bf16_sampling_step_attends_fused_and_never_upcasts():
 def test_converted_fp16_weights_load_straight_into_bf16_channels_last():
     sd = {k: v.to(torch.float16) for k, v in golden_weights("01_unet.safetensors").items()}
     unet = build_unet(sd, num_head_channels=UNET_HEAD_CHANNELS, dtype=torch.bfloat16)
-    params = dict(unet.named_parameters())
-    conv = params["input_blocks.0.0.weight"]
-    assert all(p.dtype == torch.bfloat16 for p in params.values())
-    assert conv.is_contiguous(memory_format=CHANNELS_LAST)
-    assert torch.equal(conv, sd["model.diffusion_model.input_blocks.0.0.weight"].to(torch.bfloat16))
+    assert all(p.dtype == torch.bfloat16 for p in unet.parameters())
+    conv = unet.input_blocks[0][0]  # on the CPU a bf16 conv holds its weight prepacked for oneDNN
+    assert isinstance(conv, PackedConv2d)
+    dense = conv.unpacked().weight
+    assert dense.is_contiguous(memory_format=CHANNELS_LAST)
+    assert torch.equal(dense, sd["model.diffusion_model.input_blocks.0.0.weight"].to(torch.bfloat16))
     fp32 = build_unet(sd, num_head_channels=UNET_HEAD_CHANNELS)
     assert fp32.input_blocks[0][0].weight.is_contiguous()  # float32 keeps NCHW (and its exact numbers)
 

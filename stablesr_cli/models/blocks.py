@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_packing import PackedConv2d
 from .layers import Downsample, GroupNorm32, Upsample
 from .sft import SFTLayer
 
@@ -52,7 +53,7 @@ class Stage(nn.ModuleList):
         for layer in self:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb, structure)
-            elif isinstance(layer, (Downsample, Upsample, nn.Conv2d)):
+            elif isinstance(layer, (Downsample, Upsample, nn.Conv2d, PackedConv2d)):
                 h = layer(h)
             else:  # attention: cross-attention transformer (UNet) or self-attention (encoder)
                 h = layer(h, context) if getattr(layer, "takes_context", False) else layer(h)

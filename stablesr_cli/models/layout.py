@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cpu_packing import pack_cpu_weights
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -31,7 +33,9 @@ def to_compute_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_for_inference(module: nn.Module) -> nn.Module:
-    """Put a network's 4-D (convolution) weights in its compute layout, once, in place.
+    """Put a network's weights in the layout its kernels read, once, in place: channels_last
+    convolution weights in low precision, and on the CPU in bf16 oneDNN's prepacked layout
+    (`cpu_packing`).
 
     Call after the final `.to(device, dtype)`; without it a low-precision network still works but
     every convolution reorders its weight on every call.
@@ -39,4 +43,4 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
     param = next(module.parameters(), None)
     if param is not None and uses_channels_last(param.dtype):
         module.to(memory_format=torch.channels_last)
-    return module
+    return pack_cpu_weights(module)

@@ -44,6 +44,7 @@ from torch import nn
 from ..errors import OptionError
 from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
 from ..models.vae_blocks import ResnetBlock
+from ..models.cpu_packing import convolve
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
 from .tiling import supports_float64
 
@@ -280,7 +281,7 @@ class _TiledRunner:
                 box.x0 * stride - padding, (box.x1 - 1) * stride - padding + kernel,
                 pre,
             )
-            out = F.conv2d(win, conv.weight, conv.bias, stride=stride)
+            out = convolve(conv, win, stride=stride)
             if finish is not None:
                 out = finish(out, box)
             grid.put(box, out)
@@ -288,7 +289,7 @@ class _TiledRunner:
         return grid.grid()
 
     def pointwise_conv(self, grid: TileGrid, conv: nn.Conv2d) -> TileGrid:
-        return self.pointwise(lambda t: F.conv2d(t, conv.weight, conv.bias), grid)
+        return self.pointwise(lambda t: convolve(conv, t), grid)
 
     # --- blocks ------------------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class _TiledRunner:
 
         def add_skip(out: torch.Tensor, box: Box) -> torch.Tensor:
             x = torch.cat([s.read(box, self.device) for s in sources], dim=1)
-            skip = x if shortcut is None else F.conv2d(x, shortcut.weight, shortcut.bias)
+            skip = x if shortcut is None else convolve(shortcut, x)
             return skip + out
 
         return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip)

@@ -1,0 +1,95 @@
+"""oneDNN prepacked weights on the CPU bf16 path: the same numbers as the plain kernels, no extra copies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from stablesr_cli.models.cpu_packing import PackedConv2d, PackedLinear, pack_cpu_weights, packing_available, unpack_cpu_weights
+from stablesr_cli.models.layout import prepare_for_inference
+from stablesr_cli.pipeline.compiled import _compile
+from stablesr_cli.pipeline.vae_tiling import tiled_decode
+from tiny_models import tiny_models
+
+pytestmark = pytest.mark.skipif(
+    not packing_available(torch.device("cpu"), torch.bfloat16), reason="this PyTorch build has no oneDNN"
+)
+BF16 = torch.bfloat16
+
+
+def plain_bf16(module: nn.Module) -> nn.Module:
+    """bf16 copy in channels_last, not packed: what the bf16 path ran before packing."""
+    return copy.deepcopy(module).to(BF16).to(memory_format=torch.channels_last)
+
+
+def kinds(module: nn.Module) -> set[type]:
+    return {type(m) for m in module.modules()}
+
+
+def test_packed_networks_give_exactly_the_plain_bf16_outputs():
+    m = tiny_models()
+    g = torch.Generator().manual_seed(11)
+    z, t = torch.randn(2, 4, 16, 16, generator=g).to(BF16), torch.tensor([999, 321])
+    ctx = m.context.expand(2, -1, -1).to(BF16)
+    unet, encoder = plain_bf16(m.unet), plain_bf16(m.time_encoder)
+    packed_unet, packed_encoder = pack_cpu_weights(plain_bf16(m.unet)), pack_cpu_weights(plain_bf16(m.time_encoder))
+    assert {nn.Conv2d, nn.Linear}.isdisjoint(kinds(packed_unet) | kinds(packed_encoder))
+    with torch.no_grad():
+        features = encoder(z, t)
+        packed_features = packed_encoder(z, t)
+        assert all(torch.equal(a, b) for a, b in zip(features, packed_features, strict=True))
+        assert torch.equal(unet(z, t, ctx, features), packed_unet(z, t, ctx, packed_features))
+
+
+def test_packed_autoencoder_matches_plain_whole_and_lean_tiled():
+    vae = tiny_models().cfw_vae
+    plain, packed = plain_bf16(vae), pack_cpu_weights(plain_bf16(vae))
+    x = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(2)).mul(2).sub(1).to(BF16)
+    with torch.no_grad():
+        posterior, feats = plain.encode_with_features(x)
+        packed_posterior, packed_feats = packed.encode_with_features(x)
+        z = posterior.mean
+        assert torch.equal(z, packed_posterior.mean)
+        assert torch.equal(plain.decode(z, feats, 0.5), packed.decode(z, packed_feats, 0.5))
+        # the lean tiling convolves windows with its own padding through the packed weights
+        lean_plain = tiled_decode(plain, z, 24, feats, w=0.5)
+        lean_packed = tiled_decode(packed, z, 24, packed_feats, w=0.5)
+    assert torch.equal(lean_plain, lean_packed)
+
+
+def test_only_bf16_on_the_cpu_is_packed():
+    m = tiny_models()
+    fp32 = prepare_for_inference(copy.deepcopy(m.unet))
+    assert nn.Conv2d in kinds(fp32) and PackedConv2d not in kinds(fp32)  # float32 keeps its exact kernels
+    fp16 = prepare_for_inference(copy.deepcopy(m.unet).half())
+    assert PackedConv2d not in kinds(fp16)
+    bf16 = prepare_for_inference(copy.deepcopy(m.unet).to(BF16))
+    assert {PackedConv2d, PackedLinear} <= kinds(bf16)
+    assert not packing_available(torch.device("meta"), BF16)
+
+
+def test_packing_replaces_the_weights_instead_of_copying_them():
+    linear = nn.Linear(64, 32).to(BF16)
+    bias = linear.bias
+    packed = PackedLinear(linear)
+    assert packed.bias is bias and [p for p in packed.parameters()] == [bias]  # no dense weight kept
+    assert torch.equal(packed.unpacked().weight, linear.weight)
+
+
+def test_unpacking_restores_plain_modules_with_the_same_weights():
+    unet = plain_bf16(tiny_models().unet)
+    weights = {k: v.clone() for k, v in unet.state_dict().items()}
+    restored = unpack_cpu_weights(pack_cpu_weights(unet))
+    assert PackedConv2d not in kinds(restored) and PackedLinear not in kinds(restored)
+    state = restored.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], v) for k, v in weights.items())
+
+
+def test_compile_unpacks_before_tracing(monkeypatch):
+    unet = pack_cpu_weights(plain_bf16(tiny_models().unet))
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **_kw: None)  # the compile itself is test_compile's
+    _compile(unet)
+    assert PackedConv2d not in kinds(unet) and nn.Conv2d in kinds(unet)
