@@ -148,13 +148,22 @@ def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -
     return best
 
 
-def _conv_pointwise_flop(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> int:
-    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
+def _conv_pointwise_flop(x, *args, out_val=None, **_kwargs) -> int:
+    # default overload (x, weight, bias, padding, ...); `.binary` (x, other, weight, bias, padding, ...)
+    weight = args[0] if isinstance(args[2], (list, tuple)) else args[1]
+    return conv_flop_count(list(x.shape), list(weight.shape), list(out_val.shape))
 
 
-def _linear_pointwise_flop(x_shape, w_shape, *_args, out_shape=None, **_kwargs) -> int:
-    rows = math.prod(x_shape[:-1])
-    return 2 * rows * w_shape[0] * w_shape[1]  # the weight is [out, in]
+def _linear_pointwise_flop(x, *args, out_val=None, **_kwargs) -> int:
+    # default overload (x, weight, bias, attr, ...); `.binary` (x, other, weight, bias, attr)
+    weight = args[0] if isinstance(args[2], str) else args[1]
+    rows = math.prod(x.shape[:-1])
+    return 2 * rows * weight.shape[0] * weight.shape[1]  # the weight is [out, in]
+
+
+# raw: called with the tensors themselves, which tell the two overloads apart
+_conv_pointwise_flop._get_raw = True  # type: ignore[attr-defined]
+_linear_pointwise_flop._get_raw = True  # type: ignore[attr-defined]
 
 
 def _cpu_flash_attention_flop(q_shape, k_shape, v_shape, *_args, out_shape=None, **_kwargs) -> int:

@@ -90,11 +90,51 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+class PackedGatedGELU(nn.Module):
+    """`value * gelu(gate)` from one projection to [value | gate] (a GEGLU), as two packed linears:
+    the gate's with GELU fused into its output, the value's with the product fused into its output.
+    The gate then never goes through memory unactivated and the product needs no third pass;
+    GELU and the product are computed on the float32 accumulators before rounding to bf16.
+    """
+
+    def __init__(self, proj: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = proj.in_features, proj.out_features
+        half = proj.out_features // 2
+        weight = proj.weight.detach()
+        bias = proj.bias.detach() if proj.bias is not None else None
+        self.value_weight = torch.ops.mkldnn._reorder_linear_weight(weight[:half].contiguous())
+        self.gate_weight = torch.ops.mkldnn._reorder_linear_weight(weight[half:].contiguous())
+        self.value_bias = None if bias is None else nn.Parameter(bias[:half].clone(), requires_grad=False)
+        self.gate_bias = None if bias is None else nn.Parameter(bias[half:].clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = torch.ops.mkldnn._linear_pointwise(x, self.gate_weight, self.gate_bias, "gelu", [], "none")
+        return torch.ops.mkldnn._linear_pointwise(x, gate, self.value_weight, self.value_bias, "mul")
+
+    def unpacked(self) -> nn.Linear:
+        weight = torch.cat([self.value_weight.to_dense(), self.gate_weight.to_dense()])
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.value_bias is not None, device=weight.device, dtype=weight.dtype)
+        linear.weight = nn.Parameter(weight, requires_grad=False)
+        if self.value_bias is not None and self.gate_bias is not None:
+            linear.bias = nn.Parameter(torch.cat([self.value_bias, self.gate_bias]), requires_grad=False)
+        return linear
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features} (value | gate)"
+
+
 def pack_cpu_weights(module: nn.Module) -> nn.Module:
     """Swap every bf16 `nn.Conv2d` and `nn.Linear` inside `module` for its prepacked twin, in place.
 
-    A no-op off the CPU, for other dtypes, and where this PyTorch build has no oneDNN.
+    A module with a `pack_for_cpu()` method packs itself (and may fuse what follows a projection);
+    its remaining plain layers are packed after. A no-op off the CPU, for other dtypes, and where
+    this PyTorch build has no oneDNN.
     """
+    for child in module.modules():
+        pack_self = getattr(child, "pack_for_cpu", None)
+        if pack_self is not None:
+            pack_self()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if not packing_available(_device(child), _dtype(child)):
@@ -110,7 +150,7 @@ def unpack_cpu_weights(module: nn.Module) -> nn.Module:
     """Undo `pack_cpu_weights` in place: plain `nn.Conv2d`/`nn.Linear` modules with dense weights."""
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, (PackedConv2d, PackedLinear)):
+            if isinstance(child, (PackedConv2d, PackedLinear, PackedGatedGELU)):
                 setattr(parent, name, child.unpacked())
     return module
 

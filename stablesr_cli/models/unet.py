@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ResBlock, Stage
+from .cpu_packing import PackedGatedGELU, packing_available
 from .layers import Downsample, GroupNorm32, Upsample, multi_head_attention, timestep_embedding
 from .layout import to_compute_layout
 
@@ -61,8 +62,14 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.proj, PackedGatedGELU):  # CPU bf16: GELU and product fused into the projection
+            return self.proj(x)
         value, gate = self.proj(x).chunk(2, dim=-1)  # first half value, second half gate (upstream `GEGLU`)
         return value * F.gelu(gate)
+
+    def pack_for_cpu(self) -> None:
+        if isinstance(self.proj, nn.Linear) and packing_available(self.proj.weight.device, self.proj.weight.dtype):
+            self.proj = PackedGatedGELU(self.proj)
 
 
 class FeedForward(nn.Module):
