@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch._prims_common import suggest_memory_format  # torch's own rule, in Python
 
 from .cpu_packing import pack_cpu_weights
 
@@ -43,4 +44,25 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
     param = next(module.parameters(), None)
     if param is not None and uses_channels_last(param.dtype):
         module.to(memory_format=torch.channels_last)
-    return pack_cpu_weights(module)
+    pack_cpu_weights(module)
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and not getattr(conv, "_weight_follows_input", False):
+            conv.register_forward_pre_hook(_weight_follows_input)
+            conv._weight_follows_input = True
+    return module
+
+
+def _weight_follows_input(conv: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:
+    """Store a convolution's weight in the memory format of its input, once.
+
+    `torch._convolution` computes in channels_last when the input is channels_last and makes the
+    weight match with `weight.contiguous(channels_last)`: a full copy of the weight on every call.
+    In float32 some UNet activations are channels_last (the transformer's way back from tokens is
+    an NHWC view), so those convolutions copied their weight at every step. Converting it once is
+    the same computation without the copy: the weight ends in exactly the format `_convolution`
+    would have given it, so the kernel and the result do not change.
+    """
+    wanted = suggest_memory_format(args[0])
+    if suggest_memory_format(conv.weight) != wanted:
+        with torch.inference_mode(False), torch.no_grad():
+            conv.weight.data = conv.weight.data.contiguous(memory_format=wanted)

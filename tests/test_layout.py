@@ -1,0 +1,48 @@
+"""float32 convolutions keep their weight in the memory format of their input: no per-call copies, same bits."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.profiler import profile
+
+from stablesr_cli.checkpoints.assemble import build_unet
+from stablesr_cli.models.layout import prepare_for_inference
+from tiny_checkpoints import golden_weights
+from tiny_models import UNET_HEAD_CHANNELS, tiny_models
+
+
+def weight_copies(fn) -> int:
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == "aten::clone")
+
+
+def test_float32_unet_stops_copying_weights_and_keeps_its_bits():
+    unet = build_unet(golden_weights("01_unet.safetensors"), num_head_channels=UNET_HEAD_CHANNELS)  # fresh, unrun
+    plain = copy.deepcopy(unet)
+    for conv in plain.modules():
+        if isinstance(conv, nn.Conv2d):
+            conv._forward_pre_hooks.clear()
+    g = torch.Generator().manual_seed(5)
+    z, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([999, 10])
+    ctx = torch.randn(2, 77, 16, generator=g)
+    with torch.inference_mode():
+        features = tiny_models().time_encoder(z, t)
+    with torch.inference_mode():
+        expected = plain(z, t, ctx, features)
+        assert weight_copies(lambda: plain(z, t, ctx, features)) > 0  # channels_last inputs meet NCHW weights
+        first = unet(z, t, ctx, features)  # converts the weights it needs to, once
+        assert weight_copies(lambda: unet(z, t, ctx, features)) == 0
+        again = unet(z, t, ctx, features)
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    layouts = {conv.weight.is_contiguous() for conv in unet.modules() if isinstance(conv, nn.Conv2d)}
+    assert layouts == {True, False}  # only the convolutions fed channels_last changed format
+
+
+def test_preparing_twice_adds_one_hook():
+    conv = nn.Conv2d(4, 8, 3)
+    prepare_for_inference(prepare_for_inference(conv))
+    assert len(conv._forward_pre_hooks) == 1
