@@ -22,7 +22,7 @@ from stablesr_cli.pipeline.vae_tiling import tiled_decode
 from tiny_models import tiny_models
 
 pytestmark = pytest.mark.skipif(
-    not packing_available(torch.device("cpu"), torch.bfloat16), reason="this PyTorch build has no oneDNN"
+    not packing_available(torch.device("cpu"), torch.bfloat16), reason="no oneDNN bf16 in this PyTorch build or on this CPU"
 )
 BF16 = torch.bfloat16
 
@@ -137,3 +137,11 @@ def test_compile_unpacks_before_tracing(monkeypatch):
     monkeypatch.setattr(nn.Module, "compile", lambda self, **_kw: None)  # the compile itself is test_compile's
     _compile(unet)
     assert PackedConv2d not in kinds(unet) and nn.Conv2d in kinds(unet)
+
+
+def test_a_cpu_without_onednn_bf16_keeps_the_plain_modules(monkeypatch):
+    from stablesr_cli.models import cpu_packing
+
+    monkeypatch.setattr(cpu_packing, "_onednn_bf16", lambda: False)
+    unet = prepare_for_inference(copy.deepcopy(tiny_models().unet).to(BF16))
+    assert nn.Conv2d in kinds(unet) and not {PackedConv2d, PackedLinear, PackedGatedGELU} & kinds(unet)

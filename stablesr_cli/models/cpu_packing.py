@@ -15,19 +15,26 @@ one, so memory does not grow; `unpack_cpu_weights` gives plain modules back (for
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
-    return (
-        device.type == "cpu"
-        and dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    return device.type == "cpu" and dtype == torch.bfloat16 and _onednn_bf16()
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """oneDNN is built in and runs bf16 on this CPU (AVX512-BW/VL/DQ at least; AMX or AVX512-BF16
+    natively). Without it the plain modules stay, and torch falls back to its own bf16 kernels."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    ops = torch.ops.mkldnn
+    needed = ("_convolution_pointwise", "_linear_pointwise", "_reorder_linear_weight", "_is_mkldnn_bf16_supported")
+    return all(hasattr(ops, name) for name in needed) and bool(ops._is_mkldnn_bf16_supported())
 
 
 class PackedConv2d(nn.Module):
