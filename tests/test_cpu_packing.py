@@ -137,6 +137,7 @@ def test_compile_unpacks_before_tracing(monkeypatch):
     monkeypatch.setattr(nn.Module, "compile", lambda self, **_kw: None)  # the compile itself is test_compile's
     _compile(unet)
     assert PackedConv2d not in kinds(unet) and nn.Conv2d in kinds(unet)
+    assert all(not conv._forward_pre_hooks for conv in unet.modules())  # nor the eager layout hooks
 
 
 def test_a_cpu_without_onednn_bf16_keeps_the_plain_modules(monkeypatch):

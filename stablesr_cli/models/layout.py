@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch._prims_common import suggest_memory_format  # torch's own rule, in Python
 
-from .cpu_packing import pack_cpu_weights
+from .cpu_packing import pack_cpu_weights, unpack_cpu_weights
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -46,10 +46,24 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
         module.to(memory_format=torch.channels_last)
     pack_cpu_weights(module)
     for conv in module.modules():
-        if isinstance(conv, nn.Conv2d) and not getattr(conv, "_weight_follows_input", False):
-            conv.register_forward_pre_hook(_weight_follows_input)
-            conv._weight_follows_input = True
+        if isinstance(conv, nn.Conv2d) and getattr(conv, _HOOK, None) is None:
+            setattr(conv, _HOOK, conv.register_forward_pre_hook(_weight_follows_input))
     return module
+
+
+def prepare_for_compile(module: nn.Module) -> nn.Module:
+    """Undo the eager-only parts of `prepare_for_inference`, in place: inductor traces plain
+    convolutions and linears, chooses their layouts and packs their weights itself."""
+    unpack_cpu_weights(module)
+    for conv in module.modules():
+        handle = getattr(conv, _HOOK, None)
+        if handle is not None:
+            handle.remove()
+            setattr(conv, _HOOK, None)
+    return module
+
+
+_HOOK = "_weight_follows_input_hook"
 
 
 def _weight_follows_input(conv: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..models.cpu_packing import unpack_cpu_weights
+from ..models.layout import prepare_for_compile
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -50,9 +50,8 @@ def compile_networks(models, cache_root: Path | None = None):
 
 
 def _compile(network: nn.Module) -> None:
-    # inductor traces plain convolutions and linears and does its own weight packing; the opaque
-    # oneDNN-packed weights of the eager bf16 CPU path would only break its graphs
-    unpack_cpu_weights(network)
+    # the oneDNN-packed weights and the weight-layout hooks of the eager path would only break graphs
+    prepare_for_compile(network)
     # mode "default": "reduce-overhead" would add CUDA graphs, which hold a private memory pool per
     # shape and do not apply on CPU; "max-autotune" spends minutes benchmarking kernels per shape
     network.compile(backend="inductor", dynamic=False, fullgraph=False)
