@@ -14,6 +14,7 @@ from stablesr_cli.models.cpu_packing import (
     PackedLinear,
     pack_cpu_weights,
     packing_available,
+    conv_plus,
     unpack_cpu_weights,
 )
 from stablesr_cli.models.layout import prepare_for_inference
@@ -88,20 +89,41 @@ def test_packed_gated_gelu_is_value_times_gelu_of_gate():
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()
 
 
-def test_packed_autoencoder_matches_plain_whole_and_lean_tiled():
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((got.float() - reference).norm() / reference.norm())
+
+
+def test_packed_autoencoder_follows_plain_bf16_whole_and_matches_it_lean_tiled():
     vae = tiny_models().cfw_vae
     plain, packed = plain_bf16(vae), pack_cpu_weights(plain_bf16(vae))
-    x = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(2)).mul(2).sub(1).to(BF16)
+    x32 = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(2)).mul(2).sub(1)
+    x = x32.to(BF16)
     with torch.no_grad():
+        reference, ref_feats = vae.encode_with_features(x32)
         posterior, feats = plain.encode_with_features(x)
         packed_posterior, packed_feats = packed.encode_with_features(x)
         z = posterior.mean
-        assert torch.equal(z, packed_posterior.mean)
-        assert torch.equal(plain.decode(z, feats, 0.5), packed.decode(z, packed_feats, 0.5))
-        # the lean tiling convolves windows with its own padding through the packed weights
+        ref_image = vae.decode(z.float(), ref_feats, 0.5)
+        image, packed_image = plain.decode(z, feats, 0.5), packed.decode(z, packed_feats, 0.5)
+        # the lean tiling runs the layers itself: convolutions through the packed weights, its own sums
         lean_plain = tiled_decode(plain, z, 24, feats, w=0.5)
-        lean_packed = tiled_decode(packed, z, 24, packed_feats, w=0.5)
+        lean_packed = tiled_decode(packed, z, 24, feats, w=0.5)
     assert torch.equal(lean_plain, lean_packed)
+    # whole-image residual blocks add the skip inside the packed conv: one rounding less, not bitwise
+    for got, plain_got, ref in ((packed_posterior.mean, z, reference.mean), (packed_image, image, ref_image)):
+        assert relative_error(got, ref) < 0.02
+        assert relative_error(got, ref) <= 1.1 * relative_error(plain_got, ref) + 1e-3
+
+
+def test_conv_plus_is_the_residual_sum():
+    conv = nn.Conv2d(16, 16, 3, padding=1).to(BF16).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 12, 10).to(BF16).contiguous(memory_format=torch.channels_last)
+    residual = torch.randn(2, 16, 12, 10).to(BF16)  # NCHW: the packed path converts it
+    with torch.no_grad():
+        plain = (residual.float() + conv(x).float())
+        assert torch.equal(conv_plus(conv, x, residual), residual + conv(x))  # unpacked: exactly the sum
+        fused = conv_plus(PackedConv2d(conv), x, residual)
+    assert (fused.float() - plain).abs().max() <= 0.02 * plain.abs().max()
 
 
 def test_only_bf16_on_the_cpu_is_packed():
