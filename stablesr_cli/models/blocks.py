@@ -29,9 +29,10 @@ class ResBlock(nn.Module):
         self.sft = SFTLayer(out_ch, sft_channels, sft_hidden) if sft_channels else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, structure: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.in_conv(F.silu(self.in_norm(x)))
-        h = h + self.time_proj(F.silu(emb)).type(h.dtype)[:, :, None, None]
-        h = self.out_conv(F.silu(self.out_norm(h)))
+        # in place on fresh outputs (the norms', the conv's): same numbers, no full-size allocations
+        h = self.in_conv(F.silu(self.in_norm(x), inplace=True))
+        h += self.time_proj(F.silu(emb)).type(h.dtype)[:, :, None, None]
+        h = self.out_conv(F.silu(self.out_norm(h), inplace=True))
         if self.sft is not None:
             if structure is None:
                 raise ValueError("this residual block needs structure features from the time-aware encoder")
