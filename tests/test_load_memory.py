@@ -285,3 +285,40 @@ def test_the_reader_reads_what_safetensors_writes(tmp_path):
             got = reader.read(name)
             assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected), name
             assert reader.tensors[name].stand_in().device.type == "meta"
+
+
+# ----------------------------------------------------------------- the bench's reference size
+
+
+def test_the_convert_bench_compares_with_what_the_full_size_networks_hold():
+    """bench/convert_bench.py prints the first use's weights for comparison with its peak: the
+    parameters of the full-size UNet, time-aware encoder and CFW autoencoder (built on the meta device)."""
+    import importlib.util
+
+    from stablesr_cli.checkpoints.detect import infer_time_encoder_config, infer_unet_config
+    from stablesr_cli.checkpoints.detect_autoencoder import infer_autoencoder_config
+    from stablesr_cli.checkpoints.keymap import COMPONENT_PREFIXES, strip_prefix
+    from stablesr_cli.models.autoencoder import Autoencoder
+    from stablesr_cli.models.time_encoder import TimeAwareEncoder
+    from stablesr_cli.models.unet import UNet
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("convert_bench", root / "bench" / "convert_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    golden = Path(__file__).parent / "fixtures" / "golden"
+
+    def manifest(name: str) -> dict[str, torch.Tensor]:
+        keys = json.loads((golden / name).read_text())["keys"]
+        return {k: torch.empty(shape, device="meta") for k, (shape, _) in keys.items()}
+
+    sr, cfw = manifest(bench.SR_KEYS), manifest(bench.CFW_KEYS)
+    with torch.device("meta"):
+        networks = [
+            UNet(infer_unet_config(strip_prefix(sr, COMPONENT_PREFIXES["unet"]))),
+            TimeAwareEncoder(infer_time_encoder_config(strip_prefix(sr, COMPONENT_PREFIXES["time_encoder"]))),
+            Autoencoder(infer_autoencoder_config(cfw)),
+        ]
+    values = sum(t.numel() for net in networks for t in net.state_dict().values())
+    assert bench.loaded_weights_mb(golden, "fp32") == round(values * 4 / 2**20)
+    assert bench.loaded_weights_mb(golden, "bf16") == round(values * 2 / 2**20)

@@ -17,8 +17,13 @@ from torch import nn
 
 from ..errors import CheckpointMismatchError
 from ..models.layout import prepare_for_inference
+from ..pipeline.vae_tiling import release_freed_host_memory
 
 _SHOW = 10
+# Give freed host memory back to the system after about this many bytes read. Sources under glibc's
+# mmap threshold (up to 32 MiB) are served from a heap whose freed pages stay resident: without this
+# a bf16 load of the full-size UNet kept 650 MB of freed float32 sources and replaced layouts.
+RELEASE_EVERY_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,18 @@ def load_streamed(
     """
     own = module.state_dict(keep_vars=True)
     _check_fit(own, {ours: source.shapes[stored] for ours, stored in names.items()}, what)
+    since_release = 0
     for ours, stored in names.items():
         value = source.read(stored)
         target = own[ours]
         dtype = target.dtype if value.is_floating_point() and target.is_floating_point() else value.dtype
         _assign(module, ours, value.to(device=device, dtype=dtype), is_parameter=isinstance(target, nn.Parameter))
+        since_release += value.numel() * value.element_size()
         del value  # the source of a cast goes before the next tensor is read
+        if since_release >= RELEASE_EVERY_BYTES:
+            release_freed_host_memory()
+            since_release = 0
+    release_freed_host_memory()
     return module
 
 
@@ -103,7 +114,9 @@ def _build(factory, source: WeightSource, names: Mapping[str, str], what: str, d
     with torch.device("meta"):
         module = factory().to(dtype)  # so weights are cast once, straight to the target dtype
     load_streamed(module, source, names, what, device=device)
-    return prepare_for_inference(module.to(device=device, dtype=dtype).eval().requires_grad_(False))
+    module = prepare_for_inference(module.to(device=device, dtype=dtype).eval().requires_grad_(False))
+    release_freed_host_memory()  # the weights' layout changes leave freed blocks behind
+    return module
 
 
 def build_unet(weights: Weights, *, num_head_channels: int = 64, device="cpu", dtype=torch.float32):
