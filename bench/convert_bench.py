@@ -144,7 +144,9 @@ print(json.dumps({"code": child.returncode, "seconds": time.perf_counter() - sta
 def run_child(argv: list[str], code: Path) -> dict:
     """Wall time and peak RSS of one command (its own, not the bench's or earlier commands')."""
     env = dict(os.environ, PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], env=env, capture_output=True, text=True)
+    # run in `code`: `python -c` and `python -m` put the working folder first on sys.path, ahead of
+    # PYTHONPATH, so from another checkout the children would import that checkout's stablesr_cli
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], env=env, cwd=code, capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise SystemExit(f"launcher failed:\n{done.stderr[-2000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -204,7 +206,8 @@ def main() -> None:
         print(json.dumps({"sr": sr, "cfw": cfw}))
         return
 
-    work = Path(tempfile.mkdtemp(prefix="stablesr-convbench-", dir=args.tmp))
+    args.code = args.code.resolve()  # the children run in it: every path they get is absolute
+    work = Path(tempfile.mkdtemp(prefix="stablesr-convbench-", dir=args.tmp)).resolve()
     need_disk = 20 * 2**30  # both checkpoints + the converted files of two runs
     if shutil.disk_usage(work).free < need_disk:
         shutil.rmtree(work)
