@@ -13,8 +13,10 @@ the fusion layers and the discriminator), into a temporary folder, then runs in 
 3. the first-use path: convert both, then `Upscaler.from_components` on the result.
 
 Each child's wall time and peak RSS (sampled from /proc, touched pages of memory-mapped files
-included) are printed; the target is under 4 GB for the conversions. The
-temporary folder is deleted at the end.
+included) are printed; the target is under 4 GB for the conversions and for the first use in bf16.
+The first use in fp32 cannot meet it: the weights it loads (UNet, time-aware encoder, CFW
+autoencoder) take 4194 MB in float32 alone (printed below the table, in its units). The temporary
+folder is deleted at the end.
 
     PYTHONPATH=$PWD python bench/convert_bench.py [--json] [--dtype fp32 bf16] [--keys-dir DIR]
 """
@@ -63,11 +65,25 @@ def _random_filled(shape: list[int], dtype: str, pool: torch.Tensor) -> torch.Te
     return t
 
 
-def _checkpoint(manifest: Path, trained, seed: int) -> tuple[dict, int]:
-    """A Lightning container with the manifest's keys and shapes and Adam state of the real size."""
+def _pool(seed: int) -> torch.Tensor:
+    return torch.randn(_POOL, generator=torch.Generator().manual_seed(seed)) * 0.02
+
+
+def _checkpoint(manifest: Path, trained, seed: int, frozen_seed: int | None = None) -> tuple[dict, int]:
+    """A Lightning container with the manifest's keys and shapes and Adam state of the real size.
+
+    With `frozen_seed`, the untrained model weights are filled from that seed's values instead: a
+    tensor's values depend only on its shape and the seed, so the CFW checkpoint's frozen autoencoder
+    (upstream trains only the fusion layers and the discriminator, from the SD VAE) equals the
+    diffusion checkpoint's VAE, as in the released files, and the first use shares one encoder.
+    """
     keys = json.loads(manifest.read_text())["keys"]
-    pool = torch.randn(_POOL, generator=torch.Generator().manual_seed(seed)) * 0.02
-    state_dict = OrderedDict((k, _random_filled(shape, dtype, pool)) for k, (shape, dtype) in keys.items())
+    pool = _pool(seed)
+    frozen = pool if frozen_seed is None else _pool(frozen_seed)
+    state_dict = OrderedDict(
+        (k, _random_filled(shape, dtype, pool if trained(k) or k.startswith("loss.") else frozen))
+        for k, (shape, dtype) in keys.items()
+    )
     adam = {}
     for index, (key, value) in enumerate(v for v in state_dict.items() if trained(v[0])):
         # never read by the converter: uninitialised memory is written out without touching RAM first
@@ -89,12 +105,12 @@ def _checkpoint(manifest: Path, trained, seed: int) -> tuple[dict, int]:
     return container, sum(math.prod(shape) for shape, _ in keys.values())
 
 
-def write_checkpoint(manifest: Path, trained, path: Path, seed: int) -> dict:
+def write_checkpoint(manifest: Path, trained, path: Path, seed: int, frozen_seed: int | None = None) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.tiny_checkpoints import lightning_callback_class
 
     start = time.perf_counter()
-    container, values = _checkpoint(manifest, trained, seed)
+    container, values = _checkpoint(manifest, trained, seed, frozen_seed)
     with lightning_callback_class() as callback:
         container["callbacks"] = {callback: {"monitor": None, "best_model_score": torch.tensor(0.25), "current_score": None}}
         torch.save(container, path)
@@ -128,7 +144,9 @@ print(json.dumps({"code": child.returncode, "seconds": time.perf_counter() - sta
 def run_child(argv: list[str], code: Path) -> dict:
     """Wall time and peak RSS of one command (its own, not the bench's or earlier commands')."""
     env = dict(os.environ, PYTHONPATH=str(code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], env=env, capture_output=True, text=True)
+    # run in `code`: `python -c` and `python -m` put the working folder first on sys.path, ahead of
+    # PYTHONPATH, so from another checkout the children would import that checkout's stablesr_cli
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], env=env, cwd=code, capture_output=True, text=True)
     if done.returncode != 0 or not done.stdout.strip():
         raise SystemExit(f"launcher failed:\n{done.stderr[-2000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -154,6 +172,17 @@ Upscaler.from_components({n: Path(written[n]) for n in names}, device="cpu", dty
 """
 
 
+def loaded_weights_mb(keys_dir: Path, dtype: str) -> int:
+    """Size of the weights a first use keeps in `dtype`: the UNet, the time-aware encoder and the CFW
+    autoencoder (the SD VAE shares the CFW's encoder and is not kept; the text tower is not loaded)."""
+    sr = json.loads((keys_dir / SR_KEYS).read_text())["keys"]
+    cfw = json.loads((keys_dir / CFW_KEYS).read_text())["keys"]
+    kept = [shape for key, (shape, _) in sr.items() if key.startswith(("model.diffusion_model.", "structcond_stage_model."))]
+    kept += [shape for key, (shape, _) in cfw.items() if not key.startswith("loss.")]
+    size = 4 if dtype in ("fp32", "float32") else 2
+    return round(sum(math.prod(shape) for shape in kept) * size / 2**20)
+
+
 def _free_gb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -173,11 +202,12 @@ def main() -> None:
     if args.write_checkpoints:
         work = args.write_checkpoints
         sr = write_checkpoint(args.keys_dir / SR_KEYS, _trained_sr, work / SR_FILE, seed=1)
-        cfw = write_checkpoint(args.keys_dir / CFW_KEYS, _trained_cfw, work / CFW_FILE, seed=2)
+        cfw = write_checkpoint(args.keys_dir / CFW_KEYS, _trained_cfw, work / CFW_FILE, seed=2, frozen_seed=1)
         print(json.dumps({"sr": sr, "cfw": cfw}))
         return
 
-    work = Path(tempfile.mkdtemp(prefix="stablesr-convbench-", dir=args.tmp))
+    args.code = args.code.resolve()  # the children run in it: every path they get is absolute
+    work = Path(tempfile.mkdtemp(prefix="stablesr-convbench-", dir=args.tmp)).resolve()
     need_disk = 20 * 2**30  # both checkpoints + the converted files of two runs
     if shutil.disk_usage(work).free < need_disk:
         shutil.rmtree(work)
@@ -206,6 +236,7 @@ def main() -> None:
             )
             shutil.rmtree(work / f"first-{dtype}")
         result["runs"] = rows
+        result["loaded_weights_mb"] = {dtype: loaded_weights_mb(args.keys_dir, dtype) for dtype in args.dtype}
         result["load_avg_end"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -221,6 +252,8 @@ def main() -> None:
     for name, row in result["runs"].items():
         ok = "yes" if row["peak_rss_mb"] < TARGET_MB else "no"
         print(f"{name:<20}{row['seconds']:>10}{row['peak_rss_mb']:>14}{row['peak_file_mb']:>10}{row['peak_anon_mb']:>10}{ok:>9}")
+    for dtype, size in result["loaded_weights_mb"].items():
+        print(f"first use {dtype}: the weights it keeps are {size} MB themselves")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Converted component files -> ready networks and the facts that describe them.
 
 This is the load boundary: every value read from a file (tensors, metadata) is checked here, with
-one-line errors naming the file, before any network is built from it.
+one-line errors naming the file. Headers and metadata are checked before any network is built;
+tensors are read one at a time while their network is filled (see `assemble`), each checked to be
+finite as it is read, so the peak memory of a load is the finished networks plus one tensor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -17,9 +20,14 @@ from ..model_facts import ModelFacts, facts_from_metadata
 from ..pipeline.prompts import PromptEncoder
 from ..pipeline.schedule import Prediction
 from ..pipeline.upscale import StableSRModels
-from .assemble import build_autoencoder, build_text_encoder, build_time_encoder, build_unet
-from .io import read_safetensors
+from .assemble import WeightSource, build_autoencoder, build_text_encoder, build_time_encoder, build_unet, stored_names
+from .detect_autoencoder import infer_autoencoder_config, split_autoencoder
+from .io import ensure_finite, read_safetensors
 from .layout import COMPONENT_FILES, REQUIRED_COMPONENTS
+from .safetensors_reader import SafetensorsReader
+
+_NETWORKS = ("unet", "time_encoder", "vae", "cfw")
+
 
 def load_models(
     components: Mapping[str, Path],
@@ -43,25 +51,36 @@ def load_models(
         raise WeightsNotFoundError(
             f"{place}missing {files}; create the folder with `stablesr weights convert CKPT --cfw CFW_CKPT -o DIR`"
         )
-    loaded = {name: read_safetensors(components[name]) for name in REQUIRED_COMPONENTS}
-    unet_meta = loaded["unet"][1]
-    facts = facts_from_metadata(
-        str(components["unet"]), unet_meta, loaded["time_encoder"][1],
-        time_encoder_source=str(components["time_encoder"]),
-        base=base or (manifest_facts or {}).get(unet_meta.get("model", "")),
-        fallback_name=Path(components["unet"]).parent.name,
-    )  # fmt: skip
-    place = {"device": device, "dtype": dtype}
-    unet = _built(components["unet"], lambda: build_unet(loaded["unet"][0], num_head_channels=facts.unet_head_channels, **place))
-    time_encoder = _built(
-        components["time_encoder"],
-        lambda: build_time_encoder(loaded["time_encoder"][0], num_heads=facts.time_encoder_heads, **place),
-    )
-    sd_vae = build_autoencoder(loaded["vae"][0], "VAE", **place)
-    cfw_vae = build_autoencoder(loaded["cfw"][0], "CFW autoencoder", **place)
-    if _same_encoder(sd_vae, cfw_vae):
-        sd_vae = cfw_vae  # one encoder pass per image and one VAE less in memory; results identical
-    context = _context(components["context_empty"], loaded["context_empty"][0], unet.config.context_dim)
+    with ExitStack() as files:
+        # every header is checked before the first network is filled: a damaged CFW file fails at once
+        readers = {name: files.enter_context(SafetensorsReader(components[name])) for name in _NETWORKS}
+        context_tensors, _ = read_safetensors(components["context_empty"])
+        unet_meta = readers["unet"].metadata
+        facts = facts_from_metadata(
+            str(components["unet"]), unet_meta, readers["time_encoder"].metadata,
+            time_encoder_source=str(components["time_encoder"]),
+            base=base or (manifest_facts or {}).get(unet_meta.get("model", "")),
+            fallback_name=Path(components["unet"]).parent.name,
+        )  # fmt: skip
+        place = {"device": device, "dtype": dtype}
+        weights = {name: file_weights(reader) for name, reader in readers.items()}
+        unet = _built(
+            components["unet"], lambda: build_unet(weights["unet"], num_head_channels=facts.unet_head_channels, **place)
+        )
+        context = _context(components["context_empty"], context_tensors, unet.config.context_dim)
+        time_encoder = _built(
+            components["time_encoder"],
+            lambda: build_time_encoder(weights["time_encoder"], num_heads=facts.time_encoder_heads, **place),
+        )
+        cfw_vae = _built(components["cfw"], lambda: build_autoencoder(weights["cfw"], "CFW autoencoder", **place))
+        if _same_encoder(weights["vae"], weights["cfw"], dtype):
+            # one encoder pass per image, and the SD VAE (whose decoder is never used) is not loaded;
+            # its file is still checked: an autoencoder's keys and shapes, every value finite
+            _built(components["vae"], lambda: infer_autoencoder_config(weights["vae"].shapes))
+            _check_the_rest(weights["vae"])
+            sd_vae = cfw_vae
+        else:
+            sd_vae = _built(components["vae"], lambda: build_autoencoder(weights["vae"], "VAE", **place))
     models = StableSRModels(
         unet=unet,
         time_encoder=time_encoder,
@@ -82,18 +101,35 @@ def _prompt_encoder(context: torch.Tensor, text_encoder_file: Path | None, *, de
         return PromptEncoder(context, None)
 
     def load() -> nn.Module:
-        sd, meta = read_safetensors(text_encoder_file)
-        heads = int(meta["heads"]) if meta.get("heads", "").isdigit() and int(meta["heads"]) > 0 else None
-        return build_text_encoder(sd, heads=heads, device=device, dtype=dtype)
+        with SafetensorsReader(text_encoder_file) as reader:
+            meta = reader.metadata
+            heads = int(meta["heads"]) if meta.get("heads", "").isdigit() and int(meta["heads"]) > 0 else None
+            return _built(
+                text_encoder_file, lambda: build_text_encoder(file_weights(reader), heads=heads, device=device, dtype=dtype)
+            )
 
     return PromptEncoder(context, load)
 
 
+def file_weights(reader: SafetensorsReader) -> WeightSource:
+    """The tensors of an open file as a network's weights: each read when its turn comes and refused,
+    naming the file and the tensor, if it holds a NaN or an infinity."""
+
+    def read(name: str) -> torch.Tensor:
+        tensor = reader.read(name)
+        ensure_finite({name: tensor}, reader.path)
+        return tensor
+
+    return WeightSource({name: stored.stand_in() for name, stored in reader.tensors.items()}, read)
+
+
 def _built(path: Path, build):
-    """Run a network builder, turning a configuration the metadata made impossible into a file error."""
+    """Run a network builder, turning a configuration the file made impossible into an error naming it."""
     try:
         return build()
     except (CheckpointError, ValueError) as error:
+        if str(error).startswith(f"{path}: "):  # a tensor error that names the file already
+            raise
         raise CheckpointError(f"{path}: {error}") from None
 
 
@@ -112,8 +148,25 @@ def _context(path: Path, tensors: Mapping[str, torch.Tensor], width: int) -> tor
     return context
 
 
-def _same_encoder(a: nn.Module, b: nn.Module) -> bool:
-    """Whether two autoencoders encode identically: same encoder and quant_conv tensors."""
-    sa, sb = a.state_dict(), b.state_dict()
-    keys = [k for k in sa if k.startswith(("encoder.", "quant_conv."))]
-    return all(k in sb and sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in keys)
+def _encoder_names(source: WeightSource) -> dict[str, str]:
+    names = split_autoencoder(stored_names(source))
+    return {ours: stored for ours, stored in names.items() if ours.startswith(("encoder.", "quant_conv."))}
+
+
+def _same_encoder(a: WeightSource, b: WeightSource, dtype: torch.dtype) -> bool:
+    """Whether two autoencoders encode identically: the same encoder and quant_conv tensors in the
+    dtype they run in. Compared from the stored tensors, one pair at a time, so that the answer
+    never depends on how a loaded network keeps its weights (prepacked ones leave its state dict)."""
+    names_a, names_b = _encoder_names(a), _encoder_names(b)
+    if names_a.keys() != names_b.keys():
+        return False
+    if any(a.shapes[names_a[k]].shape != b.shapes[names_b[k]].shape for k in names_a):
+        return False
+    return all(torch.equal(a.read(names_a[k]).to(dtype), b.read(names_b[k]).to(dtype)) for k in names_a)
+
+
+def _check_the_rest(source: WeightSource) -> None:
+    """Read every tensor of a file that is not loaded, one at a time, so that damage anywhere in a
+    model's files is still reported (`source.read` refuses non-finite values)."""
+    for name in source.shapes:
+        source.read(name)

@@ -149,7 +149,10 @@ def pack_cpu_weights(module: nn.Module) -> nn.Module:
         pack_self = getattr(child, "pack_for_cpu", None)
         if pack_self is not None:
             pack_self()
-    for parent in list(module.modules()):
+    # parents only: a list of every module would keep each replaced layer, and its dense weight,
+    # alive to the end, holding the dense and the packed weights of the whole network at once
+    parents = [m for m in module.modules() if next(m.children(), None) is not None]
+    for parent in parents:
         for name, child in list(parent.named_children()):
             if not packing_available(_device(child), _dtype(child)):
                 continue
