@@ -29,8 +29,9 @@ def test_float32_unet_stops_copying_weights_and_keeps_its_bits():
     g = torch.Generator().manual_seed(5)
     z, t = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([999, 10])
     ctx = torch.randn(2, 77, 16, generator=g)
+    encoder = tiny_models().time_encoder  # built (and cached) outside inference mode
     with torch.inference_mode():
-        features = tiny_models().time_encoder(z, t)
+        features = encoder(z, t)
     with torch.inference_mode():
         expected = plain(z, t, ctx, features)
         assert weight_copies(lambda: plain(z, t, ctx, features)) > 0  # channels_last inputs meet NCHW weights
