@@ -107,12 +107,16 @@ def _memory_format(t: torch.Tensor) -> torch.memory_format:
 
 
 class _GridWriter:
-    """Collects the cores of one layer's output into a full-size tensor on the storage device."""
+    """Collects the cores of one layer's output into a full-size tensor on the storage device.
 
-    def __init__(self, height: int, width: int, stride: int, side: int, storage: torch.device):
+    `into`: an existing activation of the output's shape to overwrite core by core instead of allocating
+    one; only safe when each core is computed from that activation's own core at most (see `_TiledRunner.resnet`).
+    """
+
+    def __init__(self, height: int, width: int, stride: int, side: int, storage: torch.device, into: TileGrid | None = None):
         self.height, self.width, self.stride, self.side, self.storage = height, width, stride, side, storage
         self.boxes = TileGrid.layout(height, width, side)
-        self.data: torch.Tensor | None = None
+        self.data: torch.Tensor | None = None if into is None else into.data
 
     def put(self, box: Box, core: torch.Tensor) -> None:
         if self.data is None:  # shape, dtype and layout of the first core; allocated once per activation
@@ -149,6 +153,9 @@ def release_freed_host_memory() -> None:
         trim(0)
 
 
+STATS_GROUPS = 4
+"""GroupNorm groups whose float64 copy is made at a time while statistics are taken (an eighth of a tile)."""
+
 Pointwise = Callable[[torch.Tensor], torch.Tensor]
 Finish = Callable[[torch.Tensor, Box], torch.Tensor]
 
@@ -179,17 +186,33 @@ class _TiledRunner:
     def gather(self, grid: TileGrid) -> torch.Tensor:
         return grid.read(Box(0, grid.height, 0, grid.width), self.device)
 
-    def _writer(self, height: int, width: int, stride: int, like: TileGrid) -> _GridWriter:
+    def _writer(self, height: int, width: int, stride: int, like: TileGrid, into: TileGrid | None = None) -> _GridWriter:
         storage = self.storage if self.storage is not None else like.device
-        return _GridWriter(height, width, stride, self.side(stride), storage)
+        return _GridWriter(height, width, stride, self.side(stride), storage, into)
 
-    def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid) -> TileGrid:
+    def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid, into: TileGrid | None = None) -> TileGrid:
+        """fn of the grids' cores, core by core; `into` one of `grids` that is not needed afterwards (its
+        cores are each read before they are overwritten), saving a full-size activation."""
         first = grids[0]
-        out = self._writer(first.height, first.width, first.stride, first)
+        out = self._writer(first.height, first.width, first.stride, first, into)
         for box in out.boxes:
             out.put(box, fn(*(g.read(box, self.device) for g in grids)))
         self._release(out)
         return out.grid()
+
+    def read_concat(self, sources: Sequence[TileGrid], box: Box) -> torch.Tensor:
+        """The channel concatenation of the sources' `box` on the compute device, always a fresh dense
+        tensor (callers normalise it in place): each source is copied straight into its channel slice,
+        without torch.cat's second copy of the whole window."""
+        first = sources[0].data
+        shape = (first.shape[0], sum(s.data.shape[1] for s in sources), box.y1 - box.y0, box.x1 - box.x0)
+        out = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=_memory_format(first))
+        start = 0
+        for s in sources:
+            channels = s.data.shape[1]
+            out[:, start:start + channels].copy_(s.data[..., box.y0:box.y1, box.x0:box.x1])
+            start += channels
+        return out
 
     def _release(self, out: "_GridWriter") -> None:
         if "cpu" in (self.device.type, out.storage.type):
@@ -197,17 +220,46 @@ class _TiledRunner:
 
     # --- GroupNorm as a synchronisation point ------------------------------------------------------
 
+    def _group_values(self, sources: Sequence[TileGrid], box: Box, c0: int, c1: int) -> torch.Tensor:
+        """Channels [c0, c1) of the sources' concatenation in `box`, as one dense float64 (stats dtype) tensor."""
+        first = sources[0].data
+        out = torch.empty((first.shape[0], c1 - c0, box.y1 - box.y0, box.x1 - box.x0), dtype=self.stats_dtype, device=self.device)
+        start = 0
+        for s in sources:
+            channels = s.data.shape[1]
+            lo, hi = max(c0, start), min(c1, start + channels)
+            if lo < hi:
+                out[:, lo - c0:hi - c0].copy_(s.data[:, lo - start:hi - start, box.y0:box.y1, box.x0:box.x1])
+            start += channels
+        return out
+
+    def _tile_stats(self, sources: Sequence[TileGrid], box: Box, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(values per group, mean, sum of squared deviations) of one tile, per sample and group.
+
+        Taken STATS_GROUPS groups at a time, so the float64 copy is a fraction of the tile (the whole tile in
+        float64 was 4x a bf16 activation's tile, twice over with the deviations). Each group is reduced as one
+        contiguous row exactly as a whole-tile reduction reduces it, so the statistics are the same bits;
+        chunks keep at least two groups, so a reduction is split across threads by group, never within one.
+        """
+        channels = sum(s.data.shape[1] for s in sources)
+        per_group = channels // groups
+        means, m2s = [], []
+        for g0 in range(0, groups, STATS_GROUPS):
+            g1 = min(g0 + STATS_GROUPS, groups)
+            x = self._group_values(sources, box, g0 * per_group, g1 * per_group)
+            x = x.view(x.shape[0], g1 - g0, -1)
+            mean = x.mean(dim=-1)
+            means.append(mean)
+            m2s.append(x.sub_(mean[..., None]).square_().sum(dim=-1))
+        return per_group * (box.y1 - box.y0) * (box.x1 - box.x0), torch.cat(means, dim=1), torch.cat(m2s, dim=1)
+
     def group_stats(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact global per-group mean and 1/sqrt(var + eps) over all tiles of the channel-concatenated sources."""
         groups = norm.num_groups
         count = 0
         mean = m2 = None
         for box in sources[0].boxes:
-            x = torch.cat([s.read(box, self.device) for s in sources], dim=1).to(self.stats_dtype)
-            x = x.reshape(x.shape[0], groups, -1)
-            n = x.shape[-1]
-            tile_mean = x.mean(dim=-1)
-            tile_m2 = (x - tile_mean[..., None]).square().sum(dim=-1)
+            n, tile_mean, tile_m2 = self._tile_stats(sources, box, groups)
             if mean is None:
                 count, mean, m2 = n, tile_mean, tile_m2
                 continue
@@ -224,15 +276,16 @@ class _TiledRunner:
         mean, rstd = self.group_stats(sources, norm)
 
         def apply(x: torch.Tensor) -> torch.Tensor:
+            """Overwrites x (a fresh window from `read_concat`) with silu(norm(x)) and returns it."""
             b, c = x.shape[:2]
             groups = norm.num_groups
-            # one float32 copy of the window, then in place: the same operations in the same order as
-            # ((x - m) * r) * weight + bias, without four more window-sized float32 temporaries
-            y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+            # in float32, in place: the same operations in the same order as ((x - m) * r) * weight + bias,
+            # without window-sized temporaries; a float32 window is its own buffer, a bf16 one gets one copy
+            y = x if x.dtype == torch.float32 else x.to(torch.float32)
             yg = y.view(b, groups, c // groups, *x.shape[2:])
             yg.sub_(mean.float().reshape(b, groups, 1, 1, 1)).mul_(rstd.float().reshape(b, groups, 1, 1, 1))
             y.mul_(norm.weight.float().view(1, c, 1, 1)).add_(norm.bias.float().view(1, c, 1, 1))
-            return F.silu(y, inplace=True).to(x.dtype)
+            return x.copy_(F.silu(y, inplace=True))
 
         return apply
 
@@ -242,17 +295,32 @@ class _TiledRunner:
         """Rows [y0, y1), cols [x0, x1) of pre(concat(sources)), zero outside the image (the conv padding)."""
         height, width = sources[0].height, sources[0].width
         inner = Box(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
-        t = torch.cat([s.read(inner, self.device) for s in sources], dim=1)
-        if pre is not None:
-            t = pre(t)
-        return F.pad(t, (inner.x0 - x0, x1 - inner.x1, inner.y0 - y0, y1 - inner.y1))
+        if inner == Box(y0, y1, x0, x1):  # no padding: the gathered window is the conv's input
+            t = self.read_concat(sources, inner)
+            return t if pre is None else pre(t)
+        # padded: zeros with the window written inside (one window-sized tensor, where F.pad made a second)
+        first = sources[0].data
+        shape = (first.shape[0], sum(s.data.shape[1] for s in sources), y1 - y0, x1 - x0)
+        padded = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=_memory_format(first)).zero_()
+        interior = padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0]
+        if pre is None:
+            start = 0
+            for s in sources:
+                channels = s.data.shape[1]
+                interior[:, start:start + channels].copy_(s.data[..., inner.y0:inner.y1, inner.x0:inner.x1])
+                start += channels
+        else:  # the norm runs on a dense copy, exactly as on an unpadded window
+            interior.copy_(pre(self.read_concat(sources, inner)))
+        return padded
 
     def _upsampled_window(self, sources: Sequence[TileGrid], y0: int, y1: int, x0: int, x1: int, pre: Pointwise | None) -> torch.Tensor:
         """The same window of the nearest-x2-upsampled input (zeros outside the upsampled image)."""
         sy0, sx0 = y0 // 2, x0 // 2
         small = self._window(sources, sy0, (y1 - 1) // 2 + 1, sx0, (x1 - 1) // 2 + 1, pre)
-        big = small.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-        return big[..., y0 - 2 * sy0:y1 - 2 * sy0, x0 - 2 * sx0:x1 - 2 * sx0]
+        # one gather straight to the window (repeat_interleave twice, then a slice, made three copies)
+        rows = torch.arange(y0, y1, device=small.device) // 2 - sy0
+        cols = torch.arange(x0, x1, device=small.device) // 2 - sx0
+        return small[:, :, rows[:, None], cols].contiguous(memory_format=_memory_format(small))
 
     def conv(
         self,
@@ -263,16 +331,18 @@ class _TiledRunner:
         finish: Finish | None = None,
         upsample: bool = False,
         pad_end: int = 0,
+        into: TileGrid | None = None,
     ) -> TileGrid:
         """conv(pre(concat(sources))) tile by tile; `upsample` puts a nearest x2 before the conv, `pad_end` adds
-        zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core."""
+        zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core;
+        `into` an activation, not one of `sources`, to overwrite (see `_GridWriter`)."""
         kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         scale = 2 if upsample else 1
         in_h, in_w = sources[0].height * scale, sources[0].width * scale
         out_h = (in_h + 2 * padding + pad_end - kernel) // stride + 1
         out_w = (in_w + 2 * padding + pad_end - kernel) // stride + 1
         out_stride = max(1, sources[0].stride * stride // scale)
-        grid = self._writer(out_h, out_w, out_stride, sources[0])
+        grid = self._writer(out_h, out_w, out_stride, sources[0], into)
         window = self._upsampled_window if upsample else self._window
         for box in grid.boxes:
             win = window(
@@ -293,18 +363,24 @@ class _TiledRunner:
 
     # --- blocks ------------------------------------------------------------------------------------
 
-    def _residual_block(self, sources: Sequence[TileGrid], norm1, conv1, norm2, conv2, shortcut: nn.Conv2d | None) -> TileGrid:
+    def _residual_block(
+        self, sources: Sequence[TileGrid], norm1, conv1, norm2, conv2, shortcut: nn.Conv2d | None, into: TileGrid | None = None
+    ) -> TileGrid:
         h = self.conv(sources, conv1, pre=self.norm_silu(sources, norm1))
 
         def add_skip(out: torch.Tensor, box: Box) -> torch.Tensor:
-            x = torch.cat([s.read(box, self.device) for s in sources], dim=1)
+            x = self.read_concat(sources, box)
             skip = x if shortcut is None else convolve(shortcut, x)
-            return skip + out
+            return out.add_(skip)  # the conv's fresh output tile; addition commutes, so equal to skip + out
 
-        return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip)
+        return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip, into=into)
 
-    def resnet(self, block: ResnetBlock, x: TileGrid) -> TileGrid:
-        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
+    def resnet(self, block: ResnetBlock, x: TileGrid, *, reuse_input: bool = False) -> TileGrid:
+        """`reuse_input`: x is not needed afterwards, so the output overwrites it core by core. That is safe
+        because the block's only read of x after its first conv is the skip of the same core, taken just
+        before the core is written; it saves one of the three full-size activations a block holds."""
+        into = x if reuse_input and block.shortcut is None else None
+        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut, into)
 
     def fusion_resblock(self, block: FusionResBlock, sources: Sequence[TileGrid]) -> TileGrid:
         return self._residual_block(sources, block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
@@ -314,8 +390,9 @@ class _TiledRunner:
         whole = attn(self.gather(x))
         return self.split(whole.to(self.storage if self.storage is not None else x.device), x.stride)
 
-    def mid(self, mid: nn.Module, x: TileGrid) -> TileGrid:
-        return self.resnet(mid.block_2, self.attention(mid.attn_1, self.resnet(mid.block_1, x)))
+    def mid(self, mid: nn.Module, x: TileGrid, *, reuse_input: bool = False) -> TileGrid:
+        h = self.attention(mid.attn_1, self.resnet(mid.block_1, x, reuse_input=reuse_input))
+        return self.resnet(mid.block_2, h, reuse_input=True)
 
     def dense_block(self, rdb: ResidualDenseBlock, x: TileGrid) -> TileGrid:
         features = [x]
@@ -327,14 +404,15 @@ class _TiledRunner:
 
     def rrdb(self, block: RRDB, x: TileGrid) -> TileGrid:
         h = self.dense_block(block.rdb3, self.dense_block(block.rdb2, self.dense_block(block.rdb1, x)))
-        return self.pointwise(lambda a, b: a + RRDB_RESIDUAL_SCALE * b, x, h)
+        # x (the block's input) is not needed after this: the fusion layer only passes its own temporaries
+        return self.pointwise(lambda a, b: a + RRDB_RESIDUAL_SCALE * b, x, h, into=x)
 
     def fusion(self, layer: FusionLayer, enc: TileGrid, dec: TileGrid, w: float) -> TileGrid:
         e = self.fusion_resblock(layer.encode_enc_1, [enc, dec])  # encoder feature first, as upstream
         for block in layer.encode_enc_2:
             e = self.rrdb(block, e)
         e = self.fusion_resblock(layer.encode_enc_3, [e])
-        return self.pointwise(lambda d, r: d + w * r, dec, e)
+        return self.pointwise(lambda d, r: d + w * r, dec, e, into=dec)  # the decoder replaces dec by the result
 
 
 @torch.no_grad()
@@ -351,12 +429,12 @@ def tiled_encode(
     features: list[TileGrid] = []
     for level, stage in enumerate(encoder.down):
         for block in stage.block:
-            h = run.resnet(block, h)
+            h = run.resnet(block, h, reuse_input=all(h is not f for f in features))
         if level in encoder.feature_levels:
             features.append(h)
         if stage.downsample is not None:
             h = run.conv([h], stage.downsample.conv, pad_end=stage.downsample.PAD_RIGHT_BOTTOM[1])
-    h = run.mid(encoder.mid, h)
+    h = run.mid(encoder.mid, h, reuse_input=all(h is not f for f in features))
     moments = run.conv([h], encoder.conv_out, pre=run.norm_silu([h], encoder.norm_out))
     moments = run.pointwise_conv(moments, vae.quant_conv)
     out_device = run.storage if run.storage is not None else x.device
@@ -387,11 +465,11 @@ def tiled_decode(
         raise ValueError(f"CFW decode with w={w} needs the encoder features of levels {list(decoder.fusion_levels)}")
     h = run.pointwise_conv(run.split(z_raw, vae.config.downscale), vae.post_quant_conv)
     h = run.conv([h], decoder.conv_in)
-    h = run.mid(decoder.mid, h)
+    h = run.mid(decoder.mid, h, reuse_input=True)
     for level in reversed(range(len(decoder.up))):
         stage = decoder.up[level]
         for block in stage.block:
-            h = run.resnet(block, h)
+            h = run.resnet(block, h, reuse_input=True)
         if fuse and level in decoder.fusion_levels:
             feature = enc_features[level - 1]
             if tuple(feature.shape[-2:]) != (h.height, h.width):
