@@ -153,6 +153,9 @@ def release_freed_host_memory() -> None:
         trim(0)
 
 
+NORM_BAND_VALUES = 1 << 21
+"""Values per float32 copy when a low-precision window is normalised (8 MiB)."""
+
 STATS_GROUPS = 4
 """GroupNorm groups whose float64 copy is made at a time while statistics are taken (an eighth of a tile)."""
 
@@ -274,18 +277,31 @@ class _TiledRunner:
 
     def norm_silu(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> Pointwise:
         mean, rstd = self.group_stats(sources, norm)
+        mean_f, rstd_f, weight, bias = mean.float(), rstd.float(), norm.weight.float(), norm.bias.float()
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            """Overwrites x (a fresh window from `read_concat`) with silu(norm(x)) and returns it."""
-            b, c = x.shape[:2]
+            """Overwrites x (a fresh window from `read_concat`) with silu(norm(x)) and returns it.
+
+            In float32, in place: the same operations in the same order as ((x - m) * r) * weight + bias,
+            without window-sized temporaries. A float32 window is its own buffer (and is normalised whole, so
+            its outputs keep their bits); a low-precision one is normalised through float32 copies of bands of
+            rows of at most NORM_BAND_VALUES values, not a float32 copy of the whole window.
+            """
+            if x.dtype == torch.float32:
+                return normalise(x)
+            rows = max(1, NORM_BAND_VALUES // (x[..., :1, :].numel()))
+            for y0 in range(0, x.shape[-2], rows):
+                band = x[..., y0:y0 + rows, :]
+                band.copy_(normalise(band.to(torch.float32)))
+            return x
+
+        def normalise(y: torch.Tensor) -> torch.Tensor:
+            b, c = y.shape[:2]
             groups = norm.num_groups
-            # in float32, in place: the same operations in the same order as ((x - m) * r) * weight + bias,
-            # without window-sized temporaries; a float32 window is its own buffer, a bf16 one gets one copy
-            y = x if x.dtype == torch.float32 else x.to(torch.float32)
-            yg = y.view(b, groups, c // groups, *x.shape[2:])
-            yg.sub_(mean.float().reshape(b, groups, 1, 1, 1)).mul_(rstd.float().reshape(b, groups, 1, 1, 1))
-            y.mul_(norm.weight.float().view(1, c, 1, 1)).add_(norm.bias.float().view(1, c, 1, 1))
-            return x.copy_(F.silu(y, inplace=True))
+            yg = y.view(b, groups, c // groups, *y.shape[2:])
+            yg.sub_(mean_f.reshape(b, groups, 1, 1, 1)).mul_(rstd_f.reshape(b, groups, 1, 1, 1))
+            y.mul_(weight.view(1, c, 1, 1)).add_(bias.view(1, c, 1, 1))
+            return F.silu(y, inplace=True)
 
         return apply
 
