@@ -47,6 +47,8 @@ MIB = 2**20
 # the whole-image decoder holds about eight at its last level; lean holds fewer, but is given the
 # same margin so an estimate never undershoots badly.
 PEAK_UNITS = {"whole": 9.0, "lean": 7.0}
+STAGES = ("encode", "sample", "decode")
+"""The upscale's stages, as its progress events name them; the child reports each one's peak."""
 RUNTIME_MB = 600  # the interpreter, torch's libraries and its thread pools
 
 
@@ -79,6 +81,7 @@ def run_case(case: Case) -> dict[str, object]:
 
     from bench import DTYPES, QUICK, Sizes, random_models
     from stablesr_cli.pipeline.noise import SeededNoise
+    from stablesr_cli.progress import ProgressEvent
     from stablesr_cli.pipeline.upscale import upscale_tensor
     from stablesr_cli.pipeline.vae_tiling import release_freed_host_memory
 
@@ -92,13 +95,29 @@ def run_case(case: Case) -> dict[str, object]:
         scale=SCALE, w=0.5, steps=1, vae_tiling=TILINGS[case.tiling], vae_tile_size=case.lean_tile,
     )  # fmt: skip
     loaded = _status_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS; the build's own peak is not the upscale's
+    peaks: dict[str, float] = {}
+    stage = "encode"
+
+    def next_stage(event: ProgressEvent) -> None:
+        """At each stage change, note the stage's peak and reset the mark (VmHWM := VmRSS)."""
+        nonlocal stage
+        if event.stage in STAGES and event.stage != stage:
+            peaks[stage] = _status_mb("VmHWM")
+            Path("/proc/self/clear_refs").write_text("5")
+            stage = event.stage
+
+    Path("/proc/self/clear_refs").write_text("5")  # the build's own peak is not the upscale's
     start = time.perf_counter()
-    out = upscale_tensor(image, models, opts, SeededNoise(42))
+    out = upscale_tensor(image, models, opts, SeededNoise(42), next_stage)
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
+    peaks[stage] = _status_mb("VmHWM")
     assert out.shape[-2:] == (case.side, case.side) and bool(torch.isfinite(out).all())
-    return {"models_mb": loaded, "peak_rss_mb": peak, "above_models_mb": peak - loaded, "seconds": seconds}
+    peak = max(peaks.values())
+    return {
+        "models_mb": loaded, "peak_rss_mb": peak, "above_models_mb": peak - loaded, "seconds": seconds,
+        "peak_stage": max(peaks, key=peaks.__getitem__),
+        **{f"{name}_above_models_mb": value - loaded for name, value in peaks.items()},
+    }  # fmt: skip
 
 
 # --- the parent: estimates, children, table -----------------------------------------------------------
@@ -172,7 +191,10 @@ def cell(result: dict[str, object] | None) -> str:
         return "skipped: " + str(result["skipped"]).split(",")[0]
     if "error" in result:
         return "failed: " + str(result["error"])
-    return f"{result['peak_rss_mb'] / 1024:.2f} GB (+{result['above_models_mb'] / 1024:.2f}) {result['seconds']:.0f} s"
+    return (
+        f"{result['peak_rss_mb'] / 1024:.2f} GB (+{result['above_models_mb'] / 1024:.2f}) "
+        f"{result['peak_stage']}, {result['seconds']:.0f} s"
+    )
 
 
 def print_table(results: list[dict[str, object]], args: argparse.Namespace) -> None:
@@ -188,7 +210,8 @@ def print_table(results: list[dict[str, object]], args: argparse.Namespace) -> N
         for dtype in args.dtypes:
             row = [cell(by_key.get((side, dtype, t))) for t in tilings]
             print(f"{f'{side}x{side} {dtype}':<16}" + "".join(f"{c:>40}" for c in row), file=out)
-    print("(GB: peak RSS with the models loaded; +: above the loaded models; s: the upscale's seconds)", file=out)
+    print("(GB: peak RSS with the models loaded; +: above the loaded models; then the stage it peaked in "
+          "and the upscale's seconds)", file=out)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,9 @@ def test_quick_memory_bench_measures_whole_and_lean_in_child_processes():
         assert 0 < r["models_mb"] < r["peak_rss_mb"]
         assert r["above_models_mb"] == r["peak_rss_mb"] - r["models_mb"]
         assert r["seconds"] > 0 and r["estimate_mb"] > r["models_mb"]
+        # the peak of each stage, reset between them; the largest is the peak
+        stages = [r[f"{s}_above_models_mb"] for s in ("encode", "sample", "decode")]
+        assert max(stages) == r["above_models_mb"] and r[f"{r['peak_stage']}_above_models_mb"] == max(stages)
     assert "1 sampling step" in done.stderr and "128x128 fp32" in done.stderr  # the human table
 
 
