@@ -34,7 +34,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -258,11 +258,15 @@ class _TiledRunner:
 
     def group_stats(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact global per-group mean and 1/sqrt(var + eps) over all tiles of the channel-concatenated sources."""
-        groups = norm.num_groups
+        tiles = (self._tile_stats(sources, box, norm.num_groups) for box in sources[0].boxes)
+        return self._merged_stats(tiles, norm.eps)
+
+    @staticmethod
+    def _merged_stats(tiles: Iterable[tuple[int, torch.Tensor, torch.Tensor]], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and 1/sqrt(var + eps) from the (count, mean, sum of squared deviations) of every tile."""
         count = 0
         mean = m2 = None
-        for box in sources[0].boxes:
-            n, tile_mean, tile_m2 = self._tile_stats(sources, box, groups)
+        for n, tile_mean, tile_m2 in tiles:
             if mean is None:
                 count, mean, m2 = n, tile_mean, tile_m2
                 continue
@@ -273,10 +277,13 @@ class _TiledRunner:
             m2 = m2 + tile_m2 + delta.square() * (count * n / total)
             count = total
         variance = m2 / count
-        return mean, torch.rsqrt(variance + norm.eps)
+        return mean, torch.rsqrt(variance + eps)
 
-    def norm_silu(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> Pointwise:
-        mean, rstd = self.group_stats(sources, norm)
+    def norm_silu(
+        self, sources: Sequence[TileGrid], norm: nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> Pointwise:
+        """silu(norm(x)) of windows of the sources, in place; `stats` (mean, rstd) when already taken."""
+        mean, rstd = stats if stats is not None else self.group_stats(sources, norm)
         mean_f, rstd_f, weight, bias = mean.float(), rstd.float(), norm.weight.float(), norm.bias.float()
 
         def apply(x: torch.Tensor) -> torch.Tensor:
@@ -327,6 +334,16 @@ class _TiledRunner:
                 start += channels
         else:  # the norm runs on a dense copy, exactly as on an unpadded window
             interior.copy_(pre(self.read_concat(sources, inner)))
+        return padded
+
+    @staticmethod
+    def _zero_padded(t: torch.Tensor, inner: Box, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """t, which covers `inner`, as rows [y0, y1) and cols [x0, x1) with zeros around it."""
+        if inner == Box(y0, y1, x0, x1):
+            return t
+        shape = (*t.shape[:2], y1 - y0, x1 - x0)
+        padded = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_memory_format(t)).zero_()
+        padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0].copy_(t)
         return padded
 
     def _upsampled_window(self, sources: Sequence[TileGrid], y0: int, y1: int, x0: int, x1: int, pre: Pointwise | None) -> torch.Tensor:
@@ -390,6 +407,55 @@ class _TiledRunner:
             return out.add_(skip)  # the conv's fresh output tile; addition commutes, so equal to skip + out
 
         return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip, into=into)
+
+    def upsample_resnet(self, upsample: nn.Conv2d, small: TileGrid, block: ResnetBlock) -> TileGrid:
+        """block(upsample(nearest_x2(small))) without keeping the upsampling conv's full-size output.
+
+        That output, 2x the size and as wide as `small`, would be the block's input, held with the block's
+        hidden tensor and output: at the decoder's last level, the widest full-resolution activation
+        there is. Here its cores are recomputed from `small` instead, once for norm1's statistics and once,
+        with a 1-pixel halo, for conv1's windows; each window's core also gives the block's skip, stored at
+        the block's (narrower) output width, which the second conv then overwrites with the output. It
+        costs one more pass of the upsampling conv. The result equals `resnet(block, conv(..., upsample=True))`
+        up to rounding: a conv's output pixel is the same sum whatever window it is computed in, but the CPU
+        backend picks kernels by input size, and some (small windows) round differently, by about 1e-6 in
+        float32. The decoder therefore uses this in low precision only, and float32 keeps its exact bits.
+        """
+        height, width, stride = 2 * small.height, 2 * small.width, max(1, small.stride // 2)
+        side = self.side(stride)
+        storage = self.storage if self.storage is not None else small.device
+        pad = upsample.padding[0]
+        reach = upsample.kernel_size[0] - 1 - pad
+
+        def upsampled(box: Box) -> torch.Tensor:
+            win = self._upsampled_window([small], box.y0 - pad, box.y1 + reach, box.x0 - pad, box.x1 + reach, None)
+            return convolve(upsample, win)
+
+        groups = block.norm1.num_groups
+        whole = TileGrid.layout(height, width, side)
+        stats = self._merged_stats(
+            (self._tile_stats([TileGrid(upsampled(box), stride, side)], Box(0, box.y1 - box.y0, 0, box.x1 - box.x0), groups)
+             for box in whole),
+            block.norm1.eps,
+        )  # fmt: skip
+        pre = self.norm_silu([], block.norm1, stats)
+        hidden = _GridWriter(height, width, stride, side, storage)
+        skip = _GridWriter(height, width, stride, side, storage)
+        k1, p1 = block.conv1.kernel_size[0], block.conv1.padding[0]
+        for box in whole:
+            y0, y1, x0, x1 = box.y0 - p1, box.y1 - p1 + k1 - 1, box.x0 - p1, box.x1 - p1 + k1 - 1
+            inner = Box(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+            x = upsampled(inner)
+            core = (..., slice(box.y0 - inner.y0, box.y1 - inner.y0), slice(box.x0 - inner.x0, box.x1 - inner.x0))
+            # the 1x1 shortcut over the whole window, then its core: no window-wide copy of the input core
+            skip.put(box, (x if block.shortcut is None else convolve(block.shortcut, x))[core])
+            hidden.put(box, convolve(block.conv1, self._zero_padded(pre(x), inner, y0, y1, x0, x1)))
+        self._release(hidden)
+        h, shortcut = hidden.grid(), skip.grid()
+        return self.conv(
+            [h], block.conv2, pre=self.norm_silu([h], block.norm2),
+            finish=lambda out, box: out.add_(shortcut.read(box, self.device)), into=shortcut,
+        )  # fmt: skip
 
     def resnet(self, block: ResnetBlock, x: TileGrid, *, reuse_input: bool = False) -> TileGrid:
         """`reuse_input`: x is not needed afterwards, so the output overwrites it core by core. That is safe
@@ -482,10 +548,16 @@ def tiled_decode(
     h = run.pointwise_conv(run.split(z_raw, vae.config.downscale), vae.post_quant_conv)
     h = run.conv([h], decoder.conv_in)
     h = run.mid(decoder.mid, h, reuse_input=True)
+    upsample: nn.Conv2d | None = None  # the previous level's upsampling conv, fused into this level's first block
     for level in reversed(range(len(decoder.up))):
         stage = decoder.up[level]
         for block in stage.block:
-            h = run.resnet(block, h, reuse_input=True)
+            if upsample is not None and h.data.dtype != torch.float32:
+                h, upsample = run.upsample_resnet(upsample, h, block), None
+            elif upsample is not None:
+                h, upsample = run.resnet(block, run.conv([h], upsample, upsample=True), reuse_input=True), None
+            else:
+                h = run.resnet(block, h, reuse_input=True)
         if fuse and level in decoder.fusion_levels:
             feature = enc_features[level - 1]
             if tuple(feature.shape[-2:]) != (h.height, h.width):
@@ -495,6 +567,8 @@ def tiled_decode(
                 )
             h = run.fusion(decoder.fusion_layer(level), run.split(feature, h.stride), h, w)
         if stage.upsample is not None:
-            h = run.conv([h], stage.upsample.conv, upsample=True)
+            upsample = stage.upsample.conv
+    if upsample is not None:  # a last level without blocks (not in any released model)
+        h = run.conv([h], upsample, upsample=True)
     out = run.conv([h], decoder.conv_out, pre=run.norm_silu([h], decoder.norm_out))
     return out.data.to(run.storage if run.storage is not None else z_raw.device)
