@@ -7,10 +7,10 @@
 
 Each case (output side, dtype, `--vae-tiling none` or `lean`) runs `upscale_tensor` on a random
 128/256/512 px input in a fresh child process, so the kernel's RSS high-water mark (VmHWM) is that
-case's alone. The mark is reset after the networks are built, and the child reports the peak
-(models included) and the peak above the loaded models. Sampling runs ONE step: the memory peak of
-an upscale is in the autoencoders, which see the whole canvas, while the UNet works tile by tile
-and needs the same at every output size; more steps add time, not memory.
+case's alone. The mark is reset after the networks are built and again between the stages (encode,
+sample, decode), and the child reports the peak (models included), the peak above the loaded models
+and each stage's. Sampling runs ONE step: the UNet works tile by tile and needs the same at every
+step and output size, while the autoencoders see the whole canvas; more steps add time, not memory.
 
 Before a case starts, its peak is estimated from the networks' size and the output's
 full-resolution activation; a case that would not fit in the memory available now (less a
@@ -202,7 +202,8 @@ def print_table(results: list[dict[str, object]], args: argparse.Namespace) -> N
     networks = "tiny networks (--quick)" if args.quick else "full-size networks, random weights"
     print(f"\nstablesr memory: peak RSS of one 4x upscale, 1 sampling step, {networks}, lean tiles "
           f"{args.lean_tile} px", file=out)  # fmt: skip
-    print("(the peak is in the autoencoders, which see the whole image; the UNet works tile by tile)", file=out)
+    print("(one step: the UNet works tile by tile, so more steps add time, not memory; each cell names the "
+          "stage that peaked)", file=out)  # fmt: skip
     tilings = [t for t in TILINGS if t in args.tilings]
     print(f"{'output':<16}" + "".join(f"{t:>40}" for t in tilings), file=out)
     by_key = {(r["side"], r["dtype"], r["tiling"]): r for r in results}
