@@ -8,6 +8,7 @@ import torch
 from stablesr_cli.errors import OptionError
 from stablesr_cli.models.autoencoder import Autoencoder, AutoencoderConfig
 from stablesr_cli.models.layout import prepare_for_inference
+from stablesr_cli.pipeline.tiled_stats import merged_stats
 from stablesr_cli.pipeline.vae_tiling import Box, TileGrid, _TiledRunner, tiled_decode, tiled_encode
 
 # 4 levels as the released VAE: CFW fusion at decoder levels 1 and 2, mid block at 1/8
@@ -167,7 +168,7 @@ def test_group_stats_in_group_chunks_keep_the_bits_of_one_reduction_per_tile():
         t = x[..., box.y0:box.y1, box.x0:box.x1].to(torch.float64).reshape(1, 32, -1)
         tile_mean = t.mean(dim=-1)
         tiles.append((t.shape[-1], tile_mean, (t - tile_mean[..., None]).square().sum(dim=-1)))
-    want_mean, want_rstd = runner._merged_stats(tiles, norm.eps)
+    want_mean, want_rstd = merged_stats(tiles, norm.eps)
     assert torch.equal(mean, want_mean) and torch.equal(rstd, want_rstd)
 
 

@@ -10,32 +10,27 @@ Why the result matches the whole-image network:
   (a 1-pixel halo for 3x3 convs), gathered from the neighbouring cores of the *same* layer, with
   zeros only outside the image, exactly where the whole-image conv pads. Only the tile's own
   output core is kept, so there are no seams and no halo budget to run out of.
-* GroupNorm is a synchronisation point: the statistics come from every core of the layer input.
-  Per tile we take the count, mean and sum of squared deviations in float64 and merge them with
-  Chan's parallel formula, which gives the exact global mean and (population) variance. The
-  WebUI's Tiled VAE instead averages per-tile variances weighted by pixel count, which ignores the
-  spread of the tile means. Normalisation, SiLU and the affine are pointwise, so they are applied
+* GroupNorm is a synchronisation point: the statistics come from every core of the layer input,
+  merged exactly over tiles (tiled_stats.py). Normalisation, SiLU and the affine are pointwise, so they are applied
   to each gathered window before the zero padding.
 * The mid-block attention is global: its input is gathered whole, run through the module and split
   again. It sits at 1/8 of the image resolution, so it is small next to the full-resolution levels.
 
 Memory: the compute device holds one tile window and its temporaries, so its use scales with the
-tile size. Storage holds up to three full-size activations at a time (a ResnetBlock's input, hidden
-tensor and output), which is unavoidable for exact GroupNorm statistics without recomputation; each is
-ONE tensor that the layer fills core by core, and on host memory the freed tile temporaries are handed
-back to the system after every layer (see `release_freed_host_memory`). Put storage on the CPU
-(`storage_device="cpu"`) to keep an accelerator's memory proportional to the tile size. Measured on CPU
-(storage = compute), full-size CFW encode with features + decode, 512x512 bf16, 256 px tiles: whole
-+633 MiB peak RSS, lean +482 MiB (it was +905 MiB with one tensor per tile and no trimming).
+tile size (windows are read straight into one buffer, normalised in place, statistics and the
+low-precision norm go through small float64/float32 chunks). Storage holds the full-size
+activations (tile_grid.py: ONE tensor each, filled core by core; freed host blocks are handed back
+after every layer). Exact GroupNorm statistics need a ResnetBlock's input, hidden tensor and output
+at once; a block without a shortcut writes its output over its input, which saves the third. In
+low precision the decoder's upsampling conv output (the widest full-resolution activation) is
+never stored: the next block recomputes it from the half-size input (`upsample_resnet`). Put
+storage on the CPU (`storage_device="cpu"`) to keep an accelerator's memory proportional to the
+tile size. `bench/memory_bench.py` measures whole 4x upscales against the whole-image VAE.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,118 +41,13 @@ from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
 from ..models.vae_blocks import ResnetBlock
 from ..models.cpu_packing import convolve
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
+from .tile_grid import Box, GridWriter, TileGrid, memory_format_of, read_concat, release_freed_host_memory
+from .tiled_stats import group_stats, merged_stats, tile_stats
 from .tiling import supports_float64
-
-
-@dataclass(frozen=True)
-class Box:
-    """Rows [y0, y1) and columns [x0, x1) of a feature map."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-
-class TileGrid:
-    """A [B, C, H, W] activation on its storage device, handled as non-overlapping `side` x `side` tiles
-    (smaller at the right/bottom edges), row-major; `stride` is the feature map's downscale from the image.
-
-    The tiles live in ONE full-size tensor (`data`), written core by core as a layer produces them. Kept as
-    separate tensors, thousands of tile-sized blocks came and went per decode and the C allocator kept the
-    freed ones (glibc serves blocks under its mmap threshold, up to 32 MiB, from a heap it rarely shrinks),
-    so the host's peak grew well past the live data: a 512x512 bf16 CFW encode+decode peaked 40% above the
-    whole-image VAE. One block per activation is returned to the system as soon as the layer is done with it.
-    """
-
-    def __init__(self, data: torch.Tensor, stride: int, side: int):
-        self.data, self.stride, self.side = data, stride, side
-        self.height, self.width = data.shape[-2:]
-        self.columns = -(-self.width // side)
-        self.boxes = self.layout(self.height, self.width, side)
-
-    @staticmethod
-    def layout(height: int, width: int, side: int) -> list[Box]:
-        return [
-            Box(y, min(y + side, height), x, min(x + side, width))
-            for y in range(0, height, side)
-            for x in range(0, width, side)
-        ]
-
-    @classmethod
-    def split(cls, t: torch.Tensor, stride: int, side: int, storage: torch.device) -> "TileGrid":
-        return cls(t.to(storage), stride, side)
-
-    @property
-    def tiles(self) -> list[torch.Tensor]:
-        return [self.data[..., b.y0:b.y1, b.x0:b.x1] for b in self.boxes]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    def read(self, box: Box, device: torch.device) -> torch.Tensor:
-        """The region `box` (inside the image) on `device`, a dense tensor in the activation's layout."""
-        region = self.data[..., box.y0:box.y1, box.x0:box.x1].to(device)
-        return region.contiguous(memory_format=_memory_format(self.data))
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
-
-
-class _GridWriter:
-    """Collects the cores of one layer's output into a full-size tensor on the storage device.
-
-    `into`: an existing activation of the output's shape to overwrite core by core instead of allocating
-    one; only safe when each core is computed from that activation's own core at most (see `_TiledRunner.resnet`).
-    """
-
-    def __init__(self, height: int, width: int, stride: int, side: int, storage: torch.device, into: TileGrid | None = None):
-        self.height, self.width, self.stride, self.side, self.storage = height, width, stride, side, storage
-        self.boxes = TileGrid.layout(height, width, side)
-        self.data: torch.Tensor | None = None if into is None else into.data
-
-    def put(self, box: Box, core: torch.Tensor) -> None:
-        if self.data is None:  # shape, dtype and layout of the first core; allocated once per activation
-            self.data = torch.empty(
-                (*core.shape[:2], self.height, self.width), dtype=core.dtype, device=self.storage,
-                memory_format=_memory_format(core),
-            )  # fmt: skip
-        self.data[..., box.y0:box.y1, box.x0:box.x1].copy_(core)
-
-    def grid(self) -> TileGrid:
-        return TileGrid(self.data, self.stride, self.side)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None elsewhere (other C libraries, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_host_memory() -> None:
-    """Give the pages of freed host blocks back to the system after a layer.
-
-    Every layer allocates and frees tile-sized windows, outputs and float32 norm copies of many sizes
-    (edge tiles, levels); glibc serves blocks under its mmap threshold (up to 32 MiB) from a heap whose
-    free pages it keeps resident, so without this the peak RSS of a lean decode grows layer by layer past
-    that of the whole-image VAE. One call per layer costs well under a millisecond.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 NORM_BAND_VALUES = 1 << 21
 """Values per float32 copy when a low-precision window is normalised (8 MiB)."""
-
-STATS_GROUPS = 4
-"""GroupNorm groups whose float64 copy is made at a time while statistics are taken (an eighth of a tile)."""
 
 Pointwise = Callable[[torch.Tensor], torch.Tensor]
 Finish = Callable[[torch.Tensor, Box], torch.Tensor]
@@ -189,9 +79,9 @@ class _TiledRunner:
     def gather(self, grid: TileGrid) -> torch.Tensor:
         return grid.read(Box(0, grid.height, 0, grid.width), self.device)
 
-    def _writer(self, height: int, width: int, stride: int, like: TileGrid, into: TileGrid | None = None) -> _GridWriter:
+    def _writer(self, height: int, width: int, stride: int, like: TileGrid, into: TileGrid | None = None) -> GridWriter:
         storage = self.storage if self.storage is not None else like.device
-        return _GridWriter(height, width, stride, self.side(stride), storage, into)
+        return GridWriter(height, width, stride, self.side(stride), storage, into)
 
     def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid, into: TileGrid | None = None) -> TileGrid:
         """fn of the grids' cores, core by core; `into` one of `grids` that is not needed afterwards (its
@@ -204,80 +94,19 @@ class _TiledRunner:
         return out.grid()
 
     def read_concat(self, sources: Sequence[TileGrid], box: Box) -> torch.Tensor:
-        """The channel concatenation of the sources' `box` on the compute device, always a fresh dense
-        tensor (callers normalise it in place): each source is copied straight into its channel slice,
-        without torch.cat's second copy of the whole window."""
-        first = sources[0].data
-        shape = (first.shape[0], sum(s.data.shape[1] for s in sources), box.y1 - box.y0, box.x1 - box.x0)
-        out = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=_memory_format(first))
-        start = 0
-        for s in sources:
-            channels = s.data.shape[1]
-            out[:, start:start + channels].copy_(s.data[..., box.y0:box.y1, box.x0:box.x1])
-            start += channels
-        return out
+        return read_concat(sources, box, self.device)
 
-    def _release(self, out: "_GridWriter") -> None:
+
+    def _release(self, out: "GridWriter") -> None:
         if "cpu" in (self.device.type, out.storage.type):
             release_freed_host_memory()
 
     # --- GroupNorm as a synchronisation point ------------------------------------------------------
 
-    def _group_values(self, sources: Sequence[TileGrid], box: Box, c0: int, c1: int) -> torch.Tensor:
-        """Channels [c0, c1) of the sources' concatenation in `box`, as one dense float64 (stats dtype) tensor."""
-        first = sources[0].data
-        out = torch.empty((first.shape[0], c1 - c0, box.y1 - box.y0, box.x1 - box.x0), dtype=self.stats_dtype, device=self.device)
-        start = 0
-        for s in sources:
-            channels = s.data.shape[1]
-            lo, hi = max(c0, start), min(c1, start + channels)
-            if lo < hi:
-                out[:, lo - c0:hi - c0].copy_(s.data[:, lo - start:hi - start, box.y0:box.y1, box.x0:box.x1])
-            start += channels
-        return out
-
-    def _tile_stats(self, sources: Sequence[TileGrid], box: Box, groups: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """(values per group, mean, sum of squared deviations) of one tile, per sample and group.
-
-        Taken STATS_GROUPS groups at a time, so the float64 copy is a fraction of the tile (the whole tile in
-        float64 was 4x a bf16 activation's tile, twice over with the deviations). Each group is reduced as one
-        contiguous row exactly as a whole-tile reduction reduces it, so the statistics are the same bits;
-        chunks keep at least two groups, so a reduction is split across threads by group, never within one.
-        """
-        channels = sum(s.data.shape[1] for s in sources)
-        per_group = channels // groups
-        means, m2s = [], []
-        for g0 in range(0, groups, STATS_GROUPS):
-            g1 = min(g0 + STATS_GROUPS, groups)
-            x = self._group_values(sources, box, g0 * per_group, g1 * per_group)
-            x = x.view(x.shape[0], g1 - g0, -1)
-            mean = x.mean(dim=-1)
-            means.append(mean)
-            m2s.append(x.sub_(mean[..., None]).square_().sum(dim=-1))
-        return per_group * (box.y1 - box.y0) * (box.x1 - box.x0), torch.cat(means, dim=1), torch.cat(m2s, dim=1)
-
     def group_stats(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact global per-group mean and 1/sqrt(var + eps) over all tiles of the channel-concatenated sources."""
-        tiles = (self._tile_stats(sources, box, norm.num_groups) for box in sources[0].boxes)
-        return self._merged_stats(tiles, norm.eps)
+        return group_stats(sources, norm, self.device, self.stats_dtype)
 
-    @staticmethod
-    def _merged_stats(tiles: Iterable[tuple[int, torch.Tensor, torch.Tensor]], eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and 1/sqrt(var + eps) from the (count, mean, sum of squared deviations) of every tile."""
-        count = 0
-        mean = m2 = None
-        for n, tile_mean, tile_m2 in tiles:
-            if mean is None:
-                count, mean, m2 = n, tile_mean, tile_m2
-                continue
-            # Chan et al.: merge (count, mean, sum of squared deviations) without cancellation
-            total = count + n
-            delta = tile_mean - mean
-            mean = mean + delta * (n / total)
-            m2 = m2 + tile_m2 + delta.square() * (count * n / total)
-            count = total
-        variance = m2 / count
-        return mean, torch.rsqrt(variance + eps)
 
     def norm_silu(
         self, sources: Sequence[TileGrid], norm: nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -324,7 +153,7 @@ class _TiledRunner:
         # padded: zeros with the window written inside (one window-sized tensor, where F.pad made a second)
         first = sources[0].data
         shape = (first.shape[0], sum(s.data.shape[1] for s in sources), y1 - y0, x1 - x0)
-        padded = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=_memory_format(first)).zero_()
+        padded = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=memory_format_of(first)).zero_()
         interior = padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0]
         if pre is None:
             start = 0
@@ -342,7 +171,7 @@ class _TiledRunner:
         if inner == Box(y0, y1, x0, x1):
             return t
         shape = (*t.shape[:2], y1 - y0, x1 - x0)
-        padded = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_memory_format(t)).zero_()
+        padded = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t)).zero_()
         padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0].copy_(t)
         return padded
 
@@ -353,7 +182,7 @@ class _TiledRunner:
         # one gather straight to the window (repeat_interleave twice, then a slice, made three copies)
         rows = torch.arange(y0, y1, device=small.device) // 2 - sy0
         cols = torch.arange(x0, x1, device=small.device) // 2 - sx0
-        return small[:, :, rows[:, None], cols].contiguous(memory_format=_memory_format(small))
+        return small[:, :, rows[:, None], cols].contiguous(memory_format=memory_format_of(small))
 
     def conv(
         self,
@@ -368,7 +197,7 @@ class _TiledRunner:
     ) -> TileGrid:
         """conv(pre(concat(sources))) tile by tile; `upsample` puts a nearest x2 before the conv, `pad_end` adds
         zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core;
-        `into` an activation, not one of `sources`, to overwrite (see `_GridWriter`)."""
+        `into` an activation, not one of `sources`, to overwrite (see `GridWriter`)."""
         kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         scale = 2 if upsample else 1
         in_h, in_w = sources[0].height * scale, sources[0].width * scale
@@ -433,14 +262,15 @@ class _TiledRunner:
 
         groups = block.norm1.num_groups
         whole = TileGrid.layout(height, width, side)
-        stats = self._merged_stats(
-            (self._tile_stats([TileGrid(upsampled(box), stride, side)], Box(0, box.y1 - box.y0, 0, box.x1 - box.x0), groups)
+        stats = merged_stats(
+            (tile_stats([TileGrid(upsampled(box), stride, side)], Box(0, box.y1 - box.y0, 0, box.x1 - box.x0), groups,
+                        self.stats_dtype, self.device)
              for box in whole),
             block.norm1.eps,
         )  # fmt: skip
         pre = self.norm_silu([], block.norm1, stats)
-        hidden = _GridWriter(height, width, stride, side, storage)
-        skip = _GridWriter(height, width, stride, side, storage)
+        hidden = GridWriter(height, width, stride, side, storage)
+        skip = GridWriter(height, width, stride, side, storage)
         k1, p1 = block.conv1.kernel_size[0], block.conv1.padding[0]
         for box in whole:
             y0, y1, x0, x1 = box.y0 - p1, box.y1 - p1 + k1 - 1, box.x0 - p1, box.x1 - p1 + k1 - 1
