@@ -385,7 +385,8 @@ def tiled_decode(
             if upsample is not None and h.data.dtype != torch.float32:
                 h, upsample = run.upsample_resnet(upsample, h, block), None
             elif upsample is not None:
-                h, upsample = run.resnet(block, run.conv([h], upsample, upsample=True), reuse_input=True), None
+                h = run.conv([h], upsample, upsample=True)  # rebinding h frees the half-size input first
+                h, upsample = run.resnet(block, h, reuse_input=True), None
             else:
                 h = run.resnet(block, h, reuse_input=True)
         if fuse and level in decoder.fusion_levels:
