@@ -83,7 +83,7 @@ def run_case(case: Case) -> dict[str, object]:
     from stablesr_cli.pipeline.noise import SeededNoise
     from stablesr_cli.progress import ProgressEvent
     from stablesr_cli.pipeline.upscale import upscale_tensor
-    from stablesr_cli.pipeline.vae_tiling import release_freed_host_memory
+    from stablesr_cli.pipeline.tile_grid import release_freed_host_memory
 
     sizes = QUICK if case.quick else Sizes()
     models = random_models(sizes, torch.device("cpu"), DTYPES[case.dtype])
