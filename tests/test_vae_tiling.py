@@ -7,6 +7,8 @@ import torch
 
 from stablesr_cli.errors import OptionError
 from stablesr_cli.models.autoencoder import Autoencoder, AutoencoderConfig
+from stablesr_cli.models.layout import prepare_for_inference
+from stablesr_cli.pipeline.tiled_stats import merged_stats
 from stablesr_cli.pipeline.vae_tiling import Box, TileGrid, _TiledRunner, tiled_decode, tiled_encode
 
 # 4 levels as the released VAE: CFW fusion at decoder levels 1 and 2, mid block at 1/8
@@ -139,3 +141,73 @@ def test_tile_grid_reads_across_tiles():
 def test_tile_size_must_be_positive(vae):
     with pytest.raises(OptionError, match="tile"):
         tiled_decode(vae, torch.zeros(1, 4, 2, 2), 0)
+
+
+def test_tiling_leaves_its_inputs_untouched(vae):
+    # lean tiling overwrites activations it no longer needs in place; never the caller's tensors
+    x = _image(32, 40, seed=5)
+    x_before = x.clone()
+    posterior, features = tiled_encode(vae, x, 16)
+    z = posterior.mean.clone()
+    kept = [f.clone() for f in features]
+    tiled_decode(vae, z, 16, features, w=0.5)
+    assert torch.equal(x, x_before) and torch.equal(z, posterior.mean)
+    assert all(torch.equal(f, k) for f, k in zip(features, kept))
+
+
+def test_group_stats_in_group_chunks_keep_the_bits_of_one_reduction_per_tile():
+    torch.manual_seed(1)
+    x = (3 * torch.randn(1, 96, 40, 36) + 1).contiguous()
+    norm = torch.nn.GroupNorm(32, 96, eps=1e-6)
+    runner = _TiledRunner(torch.nn.Conv2d(1, 1, 1), 20, None)
+    grid = runner.split(x, 1)
+    mean, rstd = runner.group_stats([grid], norm)
+    # the same merge over tiles, each tile's statistics from one float64 copy of all its groups
+    tiles = []
+    for box in grid.boxes:
+        t = x[..., box.y0:box.y1, box.x0:box.x1].to(torch.float64).reshape(1, 32, -1)
+        tile_mean = t.mean(dim=-1)
+        tiles.append((t.shape[-1], tile_mean, (t - tile_mean[..., None]).square().sum(dim=-1)))
+    want_mean, want_rstd = merged_stats(tiles, norm.eps)
+    assert torch.equal(mean, want_mean) and torch.equal(rstd, want_rstd)
+
+
+def test_upsample_fused_into_the_next_block_matches_the_stored_upsample(vae):
+    # the decoder's low-precision path recomputes the upsampling conv inside the next ResnetBlock
+    torch.manual_seed(2)
+    small = torch.randn(1, 64, 9, 7)
+    upsample = vae.decoder.up[2].upsample.conv
+    block = vae.decoder.up[1].block[0]  # 64 -> 32 channels: with a 1x1 shortcut
+    assert block.shortcut is not None
+    run = _TiledRunner(vae, 6, None)
+    with torch.no_grad():
+        want = block(upsample(torch.nn.functional.interpolate(small, scale_factor=2.0, mode="nearest")))
+        got = run.upsample_resnet(upsample, run.split(small, 4), block)
+    assert _rel_err(got.data, want) < REL_TOL
+    no_shortcut = vae.decoder.up[2].block[0]  # 64 -> 64
+    with torch.no_grad():
+        want = no_shortcut(upsample(torch.nn.functional.interpolate(small, scale_factor=2.0, mode="nearest")))
+        got = run.upsample_resnet(upsample, run.split(small, 4), no_shortcut)
+    assert _rel_err(got.data, want) < REL_TOL
+
+
+def test_bf16_fused_upsample_matches_the_stored_path_and_the_decode_stays_close(vae):
+    bf16 = Autoencoder(CFG).eval()
+    bf16.load_state_dict(vae.state_dict())
+    bf16 = prepare_for_inference(bf16.to(torch.bfloat16).requires_grad_(False))
+    torch.manual_seed(3)
+    small = torch.randn(1, 64, 9, 7).bfloat16()
+    upsample, block = bf16.decoder.up[2].upsample.conv, bf16.decoder.up[1].block[0]
+    run = _TiledRunner(bf16, 6, None)
+    stored = run.resnet(block, run.conv([run.split(small, 4)], upsample, upsample=True))
+    fused = run.upsample_resnet(upsample, run.split(small, 4), block)
+    assert _rel_err(fused.data.float(), stored.data.float()) < 1e-2  # the same bf16 arithmetic, up to rounding
+
+    x = _image(48, 40, seed=6)
+    with torch.no_grad():
+        posterior, features = vae.encode_with_features(x)
+        want = vae.decode(posterior.mean, features, w=0.5)
+        whole_bf16 = bf16.decode(posterior.mean.bfloat16(), [f.bfloat16() for f in features], w=0.5).float()
+    got = tiled_decode(bf16, posterior.mean.bfloat16(), 16, [f.bfloat16() for f in features], w=0.5).float()
+    # bf16 rounds between operations: the lean decode is about as close to float32 as the whole-image one
+    assert _rel_err(got, want) < 1.5 * _rel_err(whole_bf16, want)

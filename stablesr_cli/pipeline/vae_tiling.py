@@ -10,32 +10,27 @@ Why the result matches the whole-image network:
   (a 1-pixel halo for 3x3 convs), gathered from the neighbouring cores of the *same* layer, with
   zeros only outside the image, exactly where the whole-image conv pads. Only the tile's own
   output core is kept, so there are no seams and no halo budget to run out of.
-* GroupNorm is a synchronisation point: the statistics come from every core of the layer input.
-  Per tile we take the count, mean and sum of squared deviations in float64 and merge them with
-  Chan's parallel formula, which gives the exact global mean and (population) variance. The
-  WebUI's Tiled VAE instead averages per-tile variances weighted by pixel count, which ignores the
-  spread of the tile means. Normalisation, SiLU and the affine are pointwise, so they are applied
+* GroupNorm is a synchronisation point: the statistics come from every core of the layer input,
+  merged exactly over tiles (tiled_stats.py). Normalisation, SiLU and the affine are pointwise, so they are applied
   to each gathered window before the zero padding.
 * The mid-block attention is global: its input is gathered whole, run through the module and split
   again. It sits at 1/8 of the image resolution, so it is small next to the full-resolution levels.
 
 Memory: the compute device holds one tile window and its temporaries, so its use scales with the
-tile size. Storage holds up to three full-size activations at a time (a ResnetBlock's input, hidden
-tensor and output), which is unavoidable for exact GroupNorm statistics without recomputation; each is
-ONE tensor that the layer fills core by core, and on host memory the freed tile temporaries are handed
-back to the system after every layer (see `release_freed_host_memory`). Put storage on the CPU
-(`storage_device="cpu"`) to keep an accelerator's memory proportional to the tile size. Measured on CPU
-(storage = compute), full-size CFW encode with features + decode, 512x512 bf16, 256 px tiles: whole
-+633 MiB peak RSS, lean +482 MiB (it was +905 MiB with one tensor per tile and no trimming).
+tile size (windows are read straight into one buffer, normalised in place, statistics and the
+low-precision norm go through small float64/float32 chunks). Storage holds the full-size
+activations (tile_grid.py: ONE tensor each, filled core by core; freed host blocks are handed back
+after every layer). Exact GroupNorm statistics need a ResnetBlock's input, hidden tensor and output
+at once; a block without a shortcut writes its output over its input, which saves the third. In
+low precision the decoder's upsampling conv output (the widest full-resolution activation) is
+never stored: the next block recomputes it from the half-size input (`upsample_resnet`). Put
+storage on the CPU (`storage_device="cpu"`) to keep an accelerator's memory proportional to the
+tile size. `bench/memory_bench.py` measures whole 4x upscales against the whole-image VAE.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,108 +41,13 @@ from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
 from ..models.vae_blocks import ResnetBlock
 from ..models.cpu_packing import convolve
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
+from .tile_grid import Box, GridWriter, TileGrid, memory_format_of, read_concat, release_freed_host_memory
+from .tiled_stats import group_stats, merged_stats, tile_stats
 from .tiling import supports_float64
 
 
-@dataclass(frozen=True)
-class Box:
-    """Rows [y0, y1) and columns [x0, x1) of a feature map."""
-
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-
-class TileGrid:
-    """A [B, C, H, W] activation on its storage device, handled as non-overlapping `side` x `side` tiles
-    (smaller at the right/bottom edges), row-major; `stride` is the feature map's downscale from the image.
-
-    The tiles live in ONE full-size tensor (`data`), written core by core as a layer produces them. Kept as
-    separate tensors, thousands of tile-sized blocks came and went per decode and the C allocator kept the
-    freed ones (glibc serves blocks under its mmap threshold, up to 32 MiB, from a heap it rarely shrinks),
-    so the host's peak grew well past the live data: a 512x512 bf16 CFW encode+decode peaked 40% above the
-    whole-image VAE. One block per activation is returned to the system as soon as the layer is done with it.
-    """
-
-    def __init__(self, data: torch.Tensor, stride: int, side: int):
-        self.data, self.stride, self.side = data, stride, side
-        self.height, self.width = data.shape[-2:]
-        self.columns = -(-self.width // side)
-        self.boxes = self.layout(self.height, self.width, side)
-
-    @staticmethod
-    def layout(height: int, width: int, side: int) -> list[Box]:
-        return [
-            Box(y, min(y + side, height), x, min(x + side, width))
-            for y in range(0, height, side)
-            for x in range(0, width, side)
-        ]
-
-    @classmethod
-    def split(cls, t: torch.Tensor, stride: int, side: int, storage: torch.device) -> "TileGrid":
-        return cls(t.to(storage), stride, side)
-
-    @property
-    def tiles(self) -> list[torch.Tensor]:
-        return [self.data[..., b.y0:b.y1, b.x0:b.x1] for b in self.boxes]
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    def read(self, box: Box, device: torch.device) -> torch.Tensor:
-        """The region `box` (inside the image) on `device`, a dense tensor in the activation's layout."""
-        region = self.data[..., box.y0:box.y1, box.x0:box.x1].to(device)
-        return region.contiguous(memory_format=_memory_format(self.data))
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() else torch.contiguous_format
-
-
-class _GridWriter:
-    """Collects the cores of one layer's output into a full-size tensor on the storage device."""
-
-    def __init__(self, height: int, width: int, stride: int, side: int, storage: torch.device):
-        self.height, self.width, self.stride, self.side, self.storage = height, width, stride, side, storage
-        self.boxes = TileGrid.layout(height, width, side)
-        self.data: torch.Tensor | None = None
-
-    def put(self, box: Box, core: torch.Tensor) -> None:
-        if self.data is None:  # shape, dtype and layout of the first core; allocated once per activation
-            self.data = torch.empty(
-                (*core.shape[:2], self.height, self.width), dtype=core.dtype, device=self.storage,
-                memory_format=_memory_format(core),
-            )  # fmt: skip
-        self.data[..., box.y0:box.y1, box.x0:box.x1].copy_(core)
-
-    def grid(self) -> TileGrid:
-        return TileGrid(self.data, self.stride, self.side)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None elsewhere (other C libraries, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-
-
-def release_freed_host_memory() -> None:
-    """Give the pages of freed host blocks back to the system after a layer.
-
-    Every layer allocates and frees tile-sized windows, outputs and float32 norm copies of many sizes
-    (edge tiles, levels); glibc serves blocks under its mmap threshold (up to 32 MiB) from a heap whose
-    free pages it keeps resident, so without this the peak RSS of a lean decode grows layer by layer past
-    that of the whole-image VAE. One call per layer costs well under a millisecond.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
+NORM_BAND_VALUES = 1 << 21
+"""Values per float32 copy when a low-precision window is normalised (8 MiB)."""
 
 Pointwise = Callable[[torch.Tensor], torch.Tensor]
 Finish = Callable[[torch.Tensor, Box], torch.Tensor]
@@ -179,19 +79,25 @@ class _TiledRunner:
     def gather(self, grid: TileGrid) -> torch.Tensor:
         return grid.read(Box(0, grid.height, 0, grid.width), self.device)
 
-    def _writer(self, height: int, width: int, stride: int, like: TileGrid) -> _GridWriter:
+    def _writer(self, height: int, width: int, stride: int, like: TileGrid, into: TileGrid | None = None) -> GridWriter:
         storage = self.storage if self.storage is not None else like.device
-        return _GridWriter(height, width, stride, self.side(stride), storage)
+        return GridWriter(height, width, stride, self.side(stride), storage, into)
 
-    def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid) -> TileGrid:
+    def pointwise(self, fn: Callable[..., torch.Tensor], *grids: TileGrid, into: TileGrid | None = None) -> TileGrid:
+        """fn of the grids' cores, core by core; `into` one of `grids` that is not needed afterwards (its
+        cores are each read before they are overwritten), saving a full-size activation."""
         first = grids[0]
-        out = self._writer(first.height, first.width, first.stride, first)
+        out = self._writer(first.height, first.width, first.stride, first, into)
         for box in out.boxes:
             out.put(box, fn(*(g.read(box, self.device) for g in grids)))
         self._release(out)
         return out.grid()
 
-    def _release(self, out: "_GridWriter") -> None:
+    def read_concat(self, sources: Sequence[TileGrid], box: Box) -> torch.Tensor:
+        return read_concat(sources, box, self.device)
+
+
+    def _release(self, out: "GridWriter") -> None:
         if "cpu" in (self.device.type, out.storage.type):
             release_freed_host_memory()
 
@@ -199,40 +105,39 @@ class _TiledRunner:
 
     def group_stats(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact global per-group mean and 1/sqrt(var + eps) over all tiles of the channel-concatenated sources."""
-        groups = norm.num_groups
-        count = 0
-        mean = m2 = None
-        for box in sources[0].boxes:
-            x = torch.cat([s.read(box, self.device) for s in sources], dim=1).to(self.stats_dtype)
-            x = x.reshape(x.shape[0], groups, -1)
-            n = x.shape[-1]
-            tile_mean = x.mean(dim=-1)
-            tile_m2 = (x - tile_mean[..., None]).square().sum(dim=-1)
-            if mean is None:
-                count, mean, m2 = n, tile_mean, tile_m2
-                continue
-            # Chan et al.: merge (count, mean, sum of squared deviations) without cancellation
-            total = count + n
-            delta = tile_mean - mean
-            mean = mean + delta * (n / total)
-            m2 = m2 + tile_m2 + delta.square() * (count * n / total)
-            count = total
-        variance = m2 / count
-        return mean, torch.rsqrt(variance + norm.eps)
+        return group_stats(sources, norm, self.device, self.stats_dtype)
 
-    def norm_silu(self, sources: Sequence[TileGrid], norm: nn.GroupNorm) -> Pointwise:
-        mean, rstd = self.group_stats(sources, norm)
+
+    def norm_silu(
+        self, sources: Sequence[TileGrid], norm: nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> Pointwise:
+        """silu(norm(x)) of windows of the sources, in place; `stats` (mean, rstd) when already taken."""
+        mean, rstd = stats if stats is not None else self.group_stats(sources, norm)
+        mean_f, rstd_f, weight, bias = mean.float(), rstd.float(), norm.weight.float(), norm.bias.float()
 
         def apply(x: torch.Tensor) -> torch.Tensor:
-            b, c = x.shape[:2]
+            """Overwrites x (a fresh window from `read_concat`) with silu(norm(x)) and returns it.
+
+            In float32, in place: the same operations in the same order as ((x - m) * r) * weight + bias,
+            without window-sized temporaries. A float32 window is its own buffer (and is normalised whole, so
+            its outputs keep their bits); a low-precision one is normalised through float32 copies of bands of
+            rows of at most NORM_BAND_VALUES values, not a float32 copy of the whole window.
+            """
+            if x.dtype == torch.float32:
+                return normalise(x)
+            rows = max(1, NORM_BAND_VALUES // (x[..., :1, :].numel()))
+            for y0 in range(0, x.shape[-2], rows):
+                band = x[..., y0:y0 + rows, :]
+                band.copy_(normalise(band.to(torch.float32)))
+            return x
+
+        def normalise(y: torch.Tensor) -> torch.Tensor:
+            b, c = y.shape[:2]
             groups = norm.num_groups
-            # one float32 copy of the window, then in place: the same operations in the same order as
-            # ((x - m) * r) * weight + bias, without four more window-sized float32 temporaries
-            y = x.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-            yg = y.view(b, groups, c // groups, *x.shape[2:])
-            yg.sub_(mean.float().reshape(b, groups, 1, 1, 1)).mul_(rstd.float().reshape(b, groups, 1, 1, 1))
-            y.mul_(norm.weight.float().view(1, c, 1, 1)).add_(norm.bias.float().view(1, c, 1, 1))
-            return F.silu(y, inplace=True).to(x.dtype)
+            yg = y.view(b, groups, c // groups, *y.shape[2:])
+            yg.sub_(mean_f.reshape(b, groups, 1, 1, 1)).mul_(rstd_f.reshape(b, groups, 1, 1, 1))
+            y.mul_(weight.view(1, c, 1, 1)).add_(bias.view(1, c, 1, 1))
+            return F.silu(y, inplace=True)
 
         return apply
 
@@ -242,17 +147,42 @@ class _TiledRunner:
         """Rows [y0, y1), cols [x0, x1) of pre(concat(sources)), zero outside the image (the conv padding)."""
         height, width = sources[0].height, sources[0].width
         inner = Box(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
-        t = torch.cat([s.read(inner, self.device) for s in sources], dim=1)
-        if pre is not None:
-            t = pre(t)
-        return F.pad(t, (inner.x0 - x0, x1 - inner.x1, inner.y0 - y0, y1 - inner.y1))
+        if inner == Box(y0, y1, x0, x1):  # no padding: the gathered window is the conv's input
+            t = self.read_concat(sources, inner)
+            return t if pre is None else pre(t)
+        # padded: zeros with the window written inside (one window-sized tensor, where F.pad made a second)
+        first = sources[0].data
+        shape = (first.shape[0], sum(s.data.shape[1] for s in sources), y1 - y0, x1 - x0)
+        padded = torch.empty(shape, dtype=first.dtype, device=self.device, memory_format=memory_format_of(first)).zero_()
+        interior = padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0]
+        if pre is None:
+            start = 0
+            for s in sources:
+                channels = s.data.shape[1]
+                interior[:, start:start + channels].copy_(s.data[..., inner.y0:inner.y1, inner.x0:inner.x1])
+                start += channels
+        else:  # the norm runs on a dense copy, exactly as on an unpadded window
+            interior.copy_(pre(self.read_concat(sources, inner)))
+        return padded
+
+    @staticmethod
+    def _zero_padded(t: torch.Tensor, inner: Box, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        """t, which covers `inner`, as rows [y0, y1) and cols [x0, x1) with zeros around it."""
+        if inner == Box(y0, y1, x0, x1):
+            return t
+        shape = (*t.shape[:2], y1 - y0, x1 - x0)
+        padded = torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=memory_format_of(t)).zero_()
+        padded[..., inner.y0 - y0:inner.y1 - y0, inner.x0 - x0:inner.x1 - x0].copy_(t)
+        return padded
 
     def _upsampled_window(self, sources: Sequence[TileGrid], y0: int, y1: int, x0: int, x1: int, pre: Pointwise | None) -> torch.Tensor:
         """The same window of the nearest-x2-upsampled input (zeros outside the upsampled image)."""
         sy0, sx0 = y0 // 2, x0 // 2
         small = self._window(sources, sy0, (y1 - 1) // 2 + 1, sx0, (x1 - 1) // 2 + 1, pre)
-        big = small.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-        return big[..., y0 - 2 * sy0:y1 - 2 * sy0, x0 - 2 * sx0:x1 - 2 * sx0]
+        # one gather straight to the window (repeat_interleave twice, then a slice, made three copies)
+        rows = torch.arange(y0, y1, device=small.device) // 2 - sy0
+        cols = torch.arange(x0, x1, device=small.device) // 2 - sx0
+        return small[:, :, rows[:, None], cols].contiguous(memory_format=memory_format_of(small))
 
     def conv(
         self,
@@ -263,16 +193,18 @@ class _TiledRunner:
         finish: Finish | None = None,
         upsample: bool = False,
         pad_end: int = 0,
+        into: TileGrid | None = None,
     ) -> TileGrid:
         """conv(pre(concat(sources))) tile by tile; `upsample` puts a nearest x2 before the conv, `pad_end` adds
-        zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core."""
+        zero rows/cols at the bottom/right (the VAE downsampler); `finish(out, box)` post-processes each core;
+        `into` an activation, not one of `sources`, to overwrite (see `GridWriter`)."""
         kernel, stride, padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         scale = 2 if upsample else 1
         in_h, in_w = sources[0].height * scale, sources[0].width * scale
         out_h = (in_h + 2 * padding + pad_end - kernel) // stride + 1
         out_w = (in_w + 2 * padding + pad_end - kernel) // stride + 1
         out_stride = max(1, sources[0].stride * stride // scale)
-        grid = self._writer(out_h, out_w, out_stride, sources[0])
+        grid = self._writer(out_h, out_w, out_stride, sources[0], into)
         window = self._upsampled_window if upsample else self._window
         for box in grid.boxes:
             win = window(
@@ -293,18 +225,74 @@ class _TiledRunner:
 
     # --- blocks ------------------------------------------------------------------------------------
 
-    def _residual_block(self, sources: Sequence[TileGrid], norm1, conv1, norm2, conv2, shortcut: nn.Conv2d | None) -> TileGrid:
+    def _residual_block(
+        self, sources: Sequence[TileGrid], norm1, conv1, norm2, conv2, shortcut: nn.Conv2d | None, into: TileGrid | None = None
+    ) -> TileGrid:
         h = self.conv(sources, conv1, pre=self.norm_silu(sources, norm1))
 
         def add_skip(out: torch.Tensor, box: Box) -> torch.Tensor:
-            x = torch.cat([s.read(box, self.device) for s in sources], dim=1)
+            x = self.read_concat(sources, box)
             skip = x if shortcut is None else convolve(shortcut, x)
-            return skip + out
+            return out.add_(skip)  # the conv's fresh output tile; addition commutes, so equal to skip + out
 
-        return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip)
+        return self.conv([h], conv2, pre=self.norm_silu([h], norm2), finish=add_skip, into=into)
 
-    def resnet(self, block: ResnetBlock, x: TileGrid) -> TileGrid:
-        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
+    def upsample_resnet(self, upsample: nn.Conv2d, small: TileGrid, block: ResnetBlock) -> TileGrid:
+        """block(upsample(nearest_x2(small))) without keeping the upsampling conv's full-size output.
+
+        That output, 2x the size and as wide as `small`, would be the block's input, held with the block's
+        hidden tensor and output: at the decoder's last level, the widest full-resolution activation
+        there is. Here its cores are recomputed from `small` instead, once for norm1's statistics and once,
+        with a 1-pixel halo, for conv1's windows; each window's core also gives the block's skip, stored at
+        the block's (narrower) output width, which the second conv then overwrites with the output. It
+        costs one more pass of the upsampling conv. The result equals `resnet(block, conv(..., upsample=True))`
+        up to rounding: a conv's output pixel is the same sum whatever window it is computed in, but the CPU
+        backend picks kernels by input size, and some (small windows) round differently, by about 1e-6 in
+        float32. The decoder therefore uses this in low precision only, and float32 keeps its exact bits.
+        """
+        height, width, stride = 2 * small.height, 2 * small.width, max(1, small.stride // 2)
+        side = self.side(stride)
+        storage = self.storage if self.storage is not None else small.device
+        pad = upsample.padding[0]
+        reach = upsample.kernel_size[0] - 1 - pad
+
+        def upsampled(box: Box) -> torch.Tensor:
+            win = self._upsampled_window([small], box.y0 - pad, box.y1 + reach, box.x0 - pad, box.x1 + reach, None)
+            return convolve(upsample, win)
+
+        groups = block.norm1.num_groups
+        whole = TileGrid.layout(height, width, side)
+        stats = merged_stats(
+            (tile_stats([TileGrid(upsampled(box), stride, side)], Box(0, box.y1 - box.y0, 0, box.x1 - box.x0), groups,
+                        self.stats_dtype, self.device)
+             for box in whole),
+            block.norm1.eps,
+        )  # fmt: skip
+        pre = self.norm_silu([], block.norm1, stats)
+        hidden = GridWriter(height, width, stride, side, storage)
+        skip = GridWriter(height, width, stride, side, storage)
+        k1, p1 = block.conv1.kernel_size[0], block.conv1.padding[0]
+        for box in whole:
+            y0, y1, x0, x1 = box.y0 - p1, box.y1 - p1 + k1 - 1, box.x0 - p1, box.x1 - p1 + k1 - 1
+            inner = Box(max(y0, 0), min(y1, height), max(x0, 0), min(x1, width))
+            x = upsampled(inner)
+            core = (..., slice(box.y0 - inner.y0, box.y1 - inner.y0), slice(box.x0 - inner.x0, box.x1 - inner.x0))
+            # the 1x1 shortcut over the whole window, then its core: no window-wide copy of the input core
+            skip.put(box, (x if block.shortcut is None else convolve(block.shortcut, x))[core])
+            hidden.put(box, convolve(block.conv1, self._zero_padded(pre(x), inner, y0, y1, x0, x1)))
+        self._release(hidden)
+        h, shortcut = hidden.grid(), skip.grid()
+        return self.conv(
+            [h], block.conv2, pre=self.norm_silu([h], block.norm2),
+            finish=lambda out, box: out.add_(shortcut.read(box, self.device)), into=shortcut,
+        )  # fmt: skip
+
+    def resnet(self, block: ResnetBlock, x: TileGrid, *, reuse_input: bool = False) -> TileGrid:
+        """`reuse_input`: x is not needed afterwards, so the output overwrites it core by core. That is safe
+        because the block's only read of x after its first conv is the skip of the same core, taken just
+        before the core is written; it saves one of the three full-size activations a block holds."""
+        into = x if reuse_input and block.shortcut is None else None
+        return self._residual_block([x], block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut, into)
 
     def fusion_resblock(self, block: FusionResBlock, sources: Sequence[TileGrid]) -> TileGrid:
         return self._residual_block(sources, block.norm1, block.conv1, block.norm2, block.conv2, block.shortcut)
@@ -314,8 +302,9 @@ class _TiledRunner:
         whole = attn(self.gather(x))
         return self.split(whole.to(self.storage if self.storage is not None else x.device), x.stride)
 
-    def mid(self, mid: nn.Module, x: TileGrid) -> TileGrid:
-        return self.resnet(mid.block_2, self.attention(mid.attn_1, self.resnet(mid.block_1, x)))
+    def mid(self, mid: nn.Module, x: TileGrid, *, reuse_input: bool = False) -> TileGrid:
+        h = self.attention(mid.attn_1, self.resnet(mid.block_1, x, reuse_input=reuse_input))
+        return self.resnet(mid.block_2, h, reuse_input=True)
 
     def dense_block(self, rdb: ResidualDenseBlock, x: TileGrid) -> TileGrid:
         features = [x]
@@ -327,14 +316,15 @@ class _TiledRunner:
 
     def rrdb(self, block: RRDB, x: TileGrid) -> TileGrid:
         h = self.dense_block(block.rdb3, self.dense_block(block.rdb2, self.dense_block(block.rdb1, x)))
-        return self.pointwise(lambda a, b: a + RRDB_RESIDUAL_SCALE * b, x, h)
+        # x (the block's input) is not needed after this: the fusion layer only passes its own temporaries
+        return self.pointwise(lambda a, b: a + RRDB_RESIDUAL_SCALE * b, x, h, into=x)
 
     def fusion(self, layer: FusionLayer, enc: TileGrid, dec: TileGrid, w: float) -> TileGrid:
         e = self.fusion_resblock(layer.encode_enc_1, [enc, dec])  # encoder feature first, as upstream
         for block in layer.encode_enc_2:
             e = self.rrdb(block, e)
         e = self.fusion_resblock(layer.encode_enc_3, [e])
-        return self.pointwise(lambda d, r: d + w * r, dec, e)
+        return self.pointwise(lambda d, r: d + w * r, dec, e, into=dec)  # the decoder replaces dec by the result
 
 
 @torch.no_grad()
@@ -351,12 +341,12 @@ def tiled_encode(
     features: list[TileGrid] = []
     for level, stage in enumerate(encoder.down):
         for block in stage.block:
-            h = run.resnet(block, h)
+            h = run.resnet(block, h, reuse_input=all(h is not f for f in features))
         if level in encoder.feature_levels:
             features.append(h)
         if stage.downsample is not None:
             h = run.conv([h], stage.downsample.conv, pad_end=stage.downsample.PAD_RIGHT_BOTTOM[1])
-    h = run.mid(encoder.mid, h)
+    h = run.mid(encoder.mid, h, reuse_input=all(h is not f for f in features))
     moments = run.conv([h], encoder.conv_out, pre=run.norm_silu([h], encoder.norm_out))
     moments = run.pointwise_conv(moments, vae.quant_conv)
     out_device = run.storage if run.storage is not None else x.device
@@ -387,11 +377,18 @@ def tiled_decode(
         raise ValueError(f"CFW decode with w={w} needs the encoder features of levels {list(decoder.fusion_levels)}")
     h = run.pointwise_conv(run.split(z_raw, vae.config.downscale), vae.post_quant_conv)
     h = run.conv([h], decoder.conv_in)
-    h = run.mid(decoder.mid, h)
+    h = run.mid(decoder.mid, h, reuse_input=True)
+    upsample: nn.Conv2d | None = None  # the previous level's upsampling conv, fused into this level's first block
     for level in reversed(range(len(decoder.up))):
         stage = decoder.up[level]
         for block in stage.block:
-            h = run.resnet(block, h)
+            if upsample is not None and h.data.dtype != torch.float32:
+                h, upsample = run.upsample_resnet(upsample, h, block), None
+            elif upsample is not None:
+                h = run.conv([h], upsample, upsample=True)  # rebinding h frees the half-size input first
+                h, upsample = run.resnet(block, h, reuse_input=True), None
+            else:
+                h = run.resnet(block, h, reuse_input=True)
         if fuse and level in decoder.fusion_levels:
             feature = enc_features[level - 1]
             if tuple(feature.shape[-2:]) != (h.height, h.width):
@@ -401,6 +398,8 @@ def tiled_decode(
                 )
             h = run.fusion(decoder.fusion_layer(level), run.split(feature, h.stride), h, w)
         if stage.upsample is not None:
-            h = run.conv([h], stage.upsample.conv, upsample=True)
+            upsample = stage.upsample.conv
+    if upsample is not None:  # a last level without blocks (not in any released model)
+        h = run.conv([h], upsample, upsample=True)
     out = run.conv([h], decoder.conv_out, pre=run.norm_silu([h], decoder.norm_out))
     return out.data.to(run.storage if run.storage is not None else z_raw.device)
