@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import CheckpointMismatchError
 from ..models.layout import prepare_for_inference
-from ..pipeline.vae_tiling import release_freed_host_memory
+from ..pipeline.tile_grid import release_freed_host_memory
 
 _SHOW = 10
 # Give freed host memory back to the system after about this many bytes read. Sources under glibc's
