@@ -146,6 +146,7 @@ def test_the_estimate_stays_below_what_the_pipeline_really_holds(tiling):
                            tuple(unet.model_channels * m for m in unet.channel_mult), unet.num_res_blocks, unet.in_channels)  # fmt: skip
     estimate = budget.estimate_memory(sizes, shapes, opts, dtype_bytes=4, accelerator=False)
     image = torch.rand(1, 3, 70, 90)
+    tiny_upscaler().upscale_tensor(image, opts)  # once before: convolution weights settle in their layout
     with LiveTensorBytes() as measured:
         tiny_upscaler().upscale_tensor(image, opts)
     needed = estimate.host + estimate.device

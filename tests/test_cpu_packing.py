@@ -14,7 +14,6 @@ from stablesr_cli.models.cpu_packing import (
     PackedLinear,
     pack_cpu_weights,
     packing_available,
-    conv_plus,
     unpack_cpu_weights,
 )
 from stablesr_cli.models.layout import prepare_for_inference
@@ -115,14 +114,13 @@ def test_packed_autoencoder_follows_plain_bf16_whole_and_matches_it_lean_tiled()
         assert relative_error(got, ref) <= 1.1 * relative_error(plain_got, ref) + 1e-3
 
 
-def test_conv_plus_is_the_residual_sum():
+def test_packed_plus_is_the_residual_sum():
     conv = nn.Conv2d(16, 16, 3, padding=1).to(BF16).to(memory_format=torch.channels_last)
     x = torch.randn(2, 16, 12, 10).to(BF16).contiguous(memory_format=torch.channels_last)
-    residual = torch.randn(2, 16, 12, 10).to(BF16)  # NCHW: the packed path converts it
+    residual = torch.randn(2, 16, 12, 10).to(BF16)  # NCHW: plus converts it
     with torch.no_grad():
-        plain = (residual.float() + conv(x).float())
-        assert torch.equal(conv_plus(conv, x, residual), residual + conv(x))  # unpacked: exactly the sum
-        fused = conv_plus(PackedConv2d(conv), x, residual)
+        plain = residual.float() + conv(x).float()
+        fused = PackedConv2d(conv).plus(x, residual)
     assert (fused.float() - plain).abs().max() <= 0.02 * plain.abs().max()
 
 

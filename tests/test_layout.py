@@ -9,7 +9,7 @@ from torch import nn
 from torch.profiler import profile
 
 from stablesr_cli.checkpoints.assemble import build_unet
-from stablesr_cli.models.layout import prepare_for_inference
+from stablesr_cli.models.layout import convolve, prepare_for_inference
 from tiny_checkpoints import golden_weights
 from tiny_models import UNET_HEAD_CHANNELS, tiny_models
 
@@ -47,3 +47,15 @@ def test_preparing_twice_adds_one_hook():
     conv = nn.Conv2d(4, 8, 3)
     prepare_for_inference(prepare_for_inference(conv))
     assert len(conv._forward_pre_hooks) == 1
+
+
+def test_lean_convolve_puts_the_weight_back_in_the_window_format():
+    conv = prepare_for_inference(nn.Conv2d(8, 16, 3, padding=1))
+    nhwc = torch.randn(1, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    window = torch.randn(1, 8, 14, 14)
+    with torch.inference_mode():
+        fresh = torch.nn.functional.conv2d(window, conv.weight.detach().clone(), conv.bias)
+        conv(nhwc)  # a whole-image call leaves the weight channels_last
+        assert not conv.weight.is_contiguous()
+        assert torch.equal(convolve(conv, window), fresh)  # the NCHW kernel, as on a fresh network
+    assert conv.weight.is_contiguous()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -61,7 +60,9 @@ class PackedConv2d(nn.Module):
         )
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """`residual + self(x)`, the sum taken by oneDNN on the float32 accumulators."""
+        """`residual + self(x)`, the sum taken by oneDNN on the float32 accumulators: one pass over
+        two full-size maps less (the VAE's residual blocks at 512x512 are memory-bound)."""
+        residual = residual.contiguous(memory_format=torch.channels_last)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", None, None, [], None,
@@ -163,14 +164,6 @@ def pack_cpu_weights(module: nn.Module) -> nn.Module:
     return module
 
 
-def conv_plus(conv: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """`residual + conv(x)`; a packed conv adds the residual in its epilogue instead of in another
-    pass over both maps (the VAE's residual blocks at 512x512 are memory-bound)."""
-    if isinstance(conv, PackedConv2d) and residual.shape[1:] == (conv.out_channels, *residual.shape[2:]):
-        return conv.plus(x, residual.contiguous(memory_format=torch.channels_last))
-    return residual + conv(x)
-
-
 def unpack_cpu_weights(module: nn.Module) -> nn.Module:
     """Undo `pack_cpu_weights` in place: plain `nn.Conv2d`/`nn.Linear` modules with dense weights."""
     for parent in list(module.modules()):
@@ -178,15 +171,6 @@ def unpack_cpu_weights(module: nn.Module) -> nn.Module:
             if isinstance(child, (PackedConv2d, PackedLinear, PackedGatedGELU)):
                 setattr(parent, name, child.unpacked())
     return module
-
-
-def convolve(conv: nn.Module, x: torch.Tensor, *, padding: int = 0, stride: int | None = None) -> torch.Tensor:
-    """`conv` applied with its own weights but the given padding (and stride): for callers that
-    cut windows with their own halo, such as the lean VAE tiling."""
-    if isinstance(conv, PackedConv2d):
-        return conv.convolve(x, padding=[padding, padding], stride=None if stride is None else [stride, stride])
-    assert isinstance(conv, nn.Conv2d)
-    return F.conv2d(x, conv.weight, conv.bias, stride=conv.stride if stride is None else stride, padding=padding)
 
 
 def _device(module: nn.Module) -> torch.device:

@@ -14,10 +14,11 @@ differently in the last bits, and the float32 path is pinned bit for bit to the 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch._prims_common import suggest_memory_format  # torch's own rule, in Python
 
-from .cpu_packing import pack_cpu_weights, unpack_cpu_weights
+from .cpu_packing import PackedConv2d, pack_cpu_weights, unpack_cpu_weights
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -64,6 +65,21 @@ def prepare_for_compile(module: nn.Module) -> nn.Module:
 
 
 _HOOK = "_weight_follows_input_hook"
+
+
+def convolve(conv: nn.Module, x: torch.Tensor, *, padding: int = 0, stride: int | None = None) -> torch.Tensor:
+    """`conv` applied with its own weights but the given padding (and stride): for callers that
+    cut windows with their own halo, such as the lean VAE tiling.
+
+    A plain conv's weight is first put in the window's memory format, as its own forward does: a
+    weight left in channels_last by an earlier whole-image call would otherwise switch float32
+    NCHW windows to the channels_last kernels, and the result would depend on what ran before.
+    """
+    if isinstance(conv, PackedConv2d):
+        return conv.convolve(x, padding=[padding, padding], stride=None if stride is None else [stride, stride])
+    assert isinstance(conv, nn.Conv2d)
+    _weight_follows_input(conv, (x,))
+    return F.conv2d(x, conv.weight, conv.bias, stride=conv.stride if stride is None else stride, padding=padding)
 
 
 def _weight_follows_input(conv: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_packing import conv_plus
+from .cpu_packing import PackedConv2d
 
 GROUPNORM_GROUPS = 32
 GROUPNORM_EPS = 1e-6  # the VAE/CFW norm (not the UNet's 1e-5)
@@ -40,5 +40,11 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in-place SiLU on the norms' fresh outputs: same numbers, one full-size allocation less each
         h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return conv_plus(self.conv2, F.silu(self.norm2(h), inplace=True), skip)  # skip + conv2(...)
+        h = F.silu(self.norm2(h), inplace=True)
+        if isinstance(self.conv2, PackedConv2d):  # bf16 on the CPU: the skip is summed in conv2's epilogue
+            return self.conv2.plus(h, self.skip_of(x))
+        h = self.conv2(h)  # before the skip exists: one full-size map fewer at the block's peak
+        return self.skip_of(x) + h
+
+    def skip_of(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.shortcut is None else self.shortcut(x)

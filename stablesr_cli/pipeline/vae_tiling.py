@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import OptionError
 from ..models.autoencoder import AttnBlock, Autoencoder, DiagonalGaussian
 from ..models.vae_blocks import ResnetBlock
-from ..models.cpu_packing import convolve
+from ..models.layout import convolve
 from ..models.cfw import RRDB, RRDB_LEAKY_SLOPE, RRDB_RESIDUAL_SCALE, FusionLayer, FusionResBlock, ResidualDenseBlock
 from .tile_grid import Box, GridWriter, TileGrid, memory_format_of, read_concat, release_freed_host_memory
 from .tiled_stats import group_stats, merged_stats, tile_stats
