@@ -160,9 +160,10 @@ from stablesr_cli.cli.console import make_console, print_line
 console = make_console()
 ready, stop = sys.argv[1:]
 caught = reported = 0
-open(ready, "w").close()
 while True:
     try:
+        if not os.path.exists(ready):  # inside the try: the first signals can land while it is written
+            open(ready, "w").close()
         while not os.path.exists(stop):
             if reported < caught:
                 reported += 1
