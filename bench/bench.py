@@ -134,6 +134,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_image(key: str, models: StableSRModels, side: int, tiling: VaeTiling, device: torch.device, steps: int | None) -> dict[str, float]:
+    """`{key}_s` and `{key}_peak_mb` of one 4x upscale to `side` x `side` pixels (one call: whole
+    images are too slow to repeat, and the first call is what a user waits for)."""
+    img = torch.rand(1, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(0))
+    vae_tile = side // 2 if tiling is VaeTiling.LEAN else 1280  # lean: 4 tiles (one would only add overhead)
+    opts = UpscaleOptions(scale=4, w=0.5, steps=steps, vae_tiling=tiling, vae_tile_size=vae_tile,
+                          vae_tile_stride=min(1000, vae_tile))  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+    start = time.perf_counter()
+    upscale_tensor(img, models, opts, SeededNoise(42))
+    synchronize(device)
+    return {f"{key}_s": time.perf_counter() - start, f"{key}_peak_mb": peak_memory_mb(device)}
+
+
 def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Best wall time of `repeats` calls after one warm-up call (the minimum is the least disturbed by others)."""
     with torch.no_grad():
@@ -245,18 +261,7 @@ def run_dtype(name: str, sizes: Sizes, device: torch.device, args: argparse.Name
     if device.type == "cuda" and not args.quick:
         jobs += [("image_2048_upstream", 2048, VaeTiling.UPSTREAM), ("image_2048_lean", 2048, VaeTiling.LEAN)]
     for key, side, tiling in jobs:
-        img = torch.rand(1, 3, side // 4, side // 4, generator=torch.Generator().manual_seed(0))
-        vae_tile = side // 2 if tiling is VaeTiling.LEAN else 1280  # lean: 4 tiles (one would only add overhead)
-        opts = UpscaleOptions(scale=4, w=0.5, steps=args.steps, vae_tiling=tiling, vae_tile_size=vae_tile,
-                              vae_tile_stride=min(1000, vae_tile))  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        reset_peak_rss()
-        start = time.perf_counter()
-        upscale_tensor(img, models, opts, SeededNoise(42))
-        synchronize(device)
-        result[f"{key}_s"] = time.perf_counter() - start
-        result[f"{key}_peak_mb"] = peak_memory_mb(device)
+        result.update(time_image(key, models, side, tiling, device, args.steps))
     if args.compile:
         result.update(compiled_timings(models, sizes, device, args, result))
     result["peak_rss_mb"] = max(v for k, v in result.items() if k.endswith("_peak_mb"))
@@ -300,15 +305,8 @@ def compiled_timings(
     reset_peak_rss()
     out["compiled_step_s"] = best_seconds(step, device, args.repeats)
     out["compiled_step_peak_mb"] = peak_memory_mb(device)
-    img = torch.rand(1, 3, sizes.image // 4, sizes.image // 4, generator=torch.Generator().manual_seed(0))
-    opts = UpscaleOptions(scale=4, w=0.5, steps=args.steps)
-    for key in ("compiled_image_512_first", "compiled_image_512"):
-        reset_peak_rss()
-        start = time.perf_counter()
-        upscale_tensor(img, models, opts, SeededNoise(42))
-        synchronize(device)
-        out[f"{key}_s"] = time.perf_counter() - start
-        out[f"{key}_peak_mb"] = peak_memory_mb(device)
+    for key in ("compiled_image_512_first", "compiled_image_512"):  # the eager image_512's settings
+        out.update(time_image(key, models, sizes.image, VaeTiling.NONE, device, args.steps))
     out["step_speedup"] = eager["step_s"] / out["compiled_step_s"]
     out["folder10_eager_s"] = FOLDER_IMAGES * eager["image_512_s"]
     out["folder10_compiled_s"] = (
