@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -167,3 +169,29 @@ def run_stablesr(arguments: list[str], tmp_path: Path, *, input: bytes | None = 
         cwd=tmp_path,
         timeout=timeout,
     )
+
+
+def finished_outputs(folder: Path) -> list[Path]:
+    """The visible files in `folder` (none if it does not exist yet)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def interrupt_after_first_output(command: list[str], outputs: Path, tmp_path: Path) -> tuple[int, str]:
+    """Run `command`, send it a Ctrl-C (SIGINT) once a first file appears in `outputs`, and give
+    back its exit code and standard error."""
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=stderr, env=subprocess_env(tmp_path), cwd=tmp_path,
+            # a Ctrl-C must reach Python even if the test runner itself ignores SIGINT
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            while not finished_outputs(outputs) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            returncode = process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return returncode, (tmp_path / "stderr.txt").read_text()

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import os
 import pty
-import signal
 import struct
 import subprocess
 import sys
-import time
 from io import BytesIO
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,7 +20,9 @@ from cli_helpers import (
     FAST,
     crop_fixture,
     error_lines,
+    finished_outputs,
     gradient,
+    interrupt_after_first_output,
     leftovers,
     png_bytes,
     run_stablesr,
@@ -114,25 +113,10 @@ def test_ctrl_c_leaves_no_partial_file_and_skip_existing_resumes(tmp_path, model
     for index in range(count):
         gradient(40 + index, 32).save(inputs / f"img{index}.png")
     command = [sys.executable, "-m", "stablesr_cli", "upscale", str(inputs), "-o", str(outputs), *model]
-    with open(tmp_path / "stderr.txt", "wb") as stderr:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=stderr, env=subprocess_env(tmp_path), cwd=tmp_path,
-            # a Ctrl-C must reach Python even if the test runner itself ignores SIGINT
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 180
-            while not _finished_outputs(outputs) and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            process.send_signal(signal.SIGINT)
-            returncode = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    said = (tmp_path / "stderr.txt").read_text()
+    returncode, said = interrupt_after_first_output(command, outputs, tmp_path)
     assert returncode == 130, said
     assert said.count("interrupted") == 1 and "--skip-existing" in said
-    first = _finished_outputs(outputs)
+    first = finished_outputs(outputs)
     assert 1 <= len(first) < count, said
     assert not leftovers(outputs)
     for path in first:
@@ -142,13 +126,7 @@ def test_ctrl_c_leaves_no_partial_file_and_skip_existing_resumes(tmp_path, model
     resumed = run_stablesr(["upscale", str(inputs), "-o", str(outputs), "--skip-existing", *model], tmp_path)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert f"{count - len(first)} upscaled, {len(first)} skipped, 0 failed" in resumed.stderr.decode()
-    final = _finished_outputs(outputs)
+    final = finished_outputs(outputs)
     assert sorted(p.name for p in final) == sorted(f"img{i}.png" for i in range(count))
     assert {name: (outputs / name).stat().st_mtime_ns for name in stamps} == stamps  # kept, not redone
     assert not leftovers(outputs)
-
-
-def _finished_outputs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from cli_helpers import error_lines, gradient, invoke, leftovers, run_stablesr, subprocess_env
+from cli_helpers import error_lines, finished_outputs, gradient, interrupt_after_first_output, invoke, leftovers, run_stablesr
 from stablesr_cli.batch.work import CRASH_HOOK
 
 IMAGES = 6
@@ -114,25 +111,11 @@ def test_ctrl_c_stops_every_worker_leaves_no_temporary_and_skip_existing_finishe
     for index in range(count):
         gradient(40 + index, 32).save(inputs / f"img{index}.png")
     command = [sys.executable, "-m", "stablesr_cli", "upscale", str(inputs), "-o", str(outputs), "--workers", "2", *model]
-    with open(tmp_path / "stderr.txt", "wb") as stderr:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=stderr, env=subprocess_env(tmp_path), cwd=tmp_path,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 180
-            while not _finished(outputs) and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            process.send_signal(signal.SIGINT)
-            returncode = process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    said = (tmp_path / "stderr.txt").read_text()
+    returncode, said = interrupt_after_first_output(command, outputs, tmp_path)
     assert returncode == 130, said
     assert "interrupted" in said and "--skip-existing" in said
     assert "Traceback" not in said
-    first = _finished(outputs)
+    first = finished_outputs(outputs)
     assert 1 <= len(first) < count, said
     assert not leftovers(outputs)
     for path in first:
@@ -141,9 +124,5 @@ def test_ctrl_c_stops_every_worker_leaves_no_temporary_and_skip_existing_finishe
     resumed = run_stablesr(["upscale", str(inputs), "-o", str(outputs), "--skip-existing", "--workers", "2", *model], tmp_path)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert f"{count - len(first)} upscaled, {len(first)} skipped, 0 failed" in resumed.stderr.decode()
-    assert len(_finished(outputs)) == count
+    assert len(finished_outputs(outputs)) == count
     assert not leftovers(outputs)
-
-
-def _finished(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
