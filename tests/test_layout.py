@@ -59,3 +59,8 @@ def test_lean_convolve_puts_the_weight_back_in_the_window_format():
         assert not conv.weight.is_contiguous()
         assert torch.equal(convolve(conv, window), fresh)  # the NCHW kernel, as on a fresh network
     assert conv.weight.is_contiguous()
+
+
+def test_low_precision_convolutions_get_no_per_call_hook():
+    conv = prepare_for_inference(nn.Conv2d(4, 8, 3).half())  # channels_last throughout: nothing to follow
+    assert not conv._forward_pre_hooks

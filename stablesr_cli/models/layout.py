@@ -45,7 +45,9 @@ def prepare_for_inference(module: nn.Module) -> nn.Module:
     param = next(module.parameters(), None)
     if param is not None and uses_channels_last(param.dtype):
         module.to(memory_format=torch.channels_last)
-    pack_cpu_weights(module)
+        return pack_cpu_weights(module)
+    # float32 keeps NCHW, yet some of its activations are channels_last views: only there can a
+    # weight's format differ from its input's (low precision is channels_last throughout)
     for conv in module.modules():
         if isinstance(conv, nn.Conv2d) and getattr(conv, _HOOK, None) is None:
             setattr(conv, _HOOK, conv.register_forward_pre_hook(_weight_follows_input))
